@@ -5,8 +5,19 @@ find_package(absl CONFIG REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(PkgConfig REQUIRED)
 
-# OpenBLAS: Debian ships a pkg-config file and a CBLAS header under openblas-pthread.
-pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
+# OpenBLAS, the OpenMP build (libopenblas-openmp-dev): it shares libgomp's thread pool with the
+# engine's own OpenMP loops, so BLAS calls made inside a parallel region run single-threaded
+# instead of oversubscribing the cores (the pthread build spins a second pool).
+find_path(QLLM_OPENBLAS_INCLUDE cblas.h
+  PATHS /usr/include/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH REQUIRED)
+find_library(QLLM_OPENBLAS_LIB openblas
+  PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH REQUIRED)
+add_library(qllm_openblas INTERFACE)
+target_include_directories(qllm_openblas SYSTEM INTERFACE ${QLLM_OPENBLAS_INCLUDE})
+target_link_libraries(qllm_openblas INTERFACE ${QLLM_OPENBLAS_LIB} OpenMP::OpenMP_CXX)
+# The soname (libopenblas.so.0) is shared by both builds; the rpath pins the OpenMP one.
+get_filename_component(QLLM_OPENBLAS_DIR ${QLLM_OPENBLAS_LIB} DIRECTORY)
+set(CMAKE_BUILD_RPATH ${QLLM_OPENBLAS_DIR})
 
 find_package(Protobuf REQUIRED)
 find_package(yaml-cpp REQUIRED)

@@ -49,22 +49,21 @@ struct Voidify {
 #define QLLM_LOG_SEVERITY_ERROR ::qllm::LogSeverity::kError
 #define QLLM_LOG_SEVERITY_FATAL ::qllm::LogSeverity::kFatal
 
-#define QLLM_LOG(severity)                                                               \
-  (QLLM_LOG_SEVERITY_##severity < ::qllm::MinLogSeverity())                              \
-      ? (void)0                                                                          \
-      : ::qllm::logging_internal::Voidify() &                                            \
-            ::qllm::logging_internal::LogMessage(__FILE__, __LINE__,                     \
-                                                 QLLM_LOG_SEVERITY_##severity)           \
+#define QLLM_LOG(severity)                                                                         \
+  (QLLM_LOG_SEVERITY_##severity < ::qllm::MinLogSeverity())                                        \
+      ? (void)0                                                                                    \
+      : ::qllm::logging_internal::Voidify() &                                                      \
+            ::qllm::logging_internal::LogMessage(__FILE__, __LINE__, QLLM_LOG_SEVERITY_##severity) \
                 .stream()
 
 // Aborts with a message when `cond` is false. For broken invariants, never for input errors.
-#define QLLM_CHECK(cond)                                                                  \
-  (cond) ? (void)0                                                                        \
-         : ::qllm::logging_internal::Voidify() &                                          \
-               ::qllm::logging_internal::LogMessage(__FILE__, __LINE__,                   \
-                                                    ::qllm::LogSeverity::kFatal)          \
-                       .stream()                                                          \
-                   << "Check failed: " #cond " "
+#define QLLM_CHECK(cond)                                                                          \
+  (cond)                                                                                          \
+      ? (void)0                                                                                   \
+      : ::qllm::logging_internal::Voidify() &                                                     \
+            ::qllm::logging_internal::LogMessage(__FILE__, __LINE__, ::qllm::LogSeverity::kFatal) \
+                    .stream()                                                                     \
+                << "Check failed: " #cond " "
 
 #ifdef NDEBUG
 #define QLLM_DCHECK(cond) \

@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git clang-format
   libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  librocksdb-dev libopenblas-dev libomp-dev nlohmann-json3-dev libyaml-cpp-dev
+  librocksdb-dev libopenblas-dev libopenblas-openmp-dev libomp-dev nlohmann-json3-dev libyaml-cpp-dev
   libpcre2-dev libsentencepiece-dev
   libgtest-dev libgmock-dev
   python3 python3-torch python3-numpy python3-yaml python3-grpcio python3-grpc-tools

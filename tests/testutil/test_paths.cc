@@ -26,8 +26,8 @@ std::string MakeScratchDir() {
     if (c == '/') c = '_';
   }
   std::random_device rd;
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("qllm-" + name + "-" + std::to_string(rd()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("qllm-" + name + "-" + std::to_string(rd()));
   std::filesystem::create_directories(dir);
   return dir.string();
 }

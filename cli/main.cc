@@ -1,0 +1,60 @@
+// qllmctl: the admin CLI.
+//   qllmctl inspect MODEL_DIR
+//   qllmctl generate --model=DIR --prompt_ids=1,2,3 [--max_new_tokens=N] [--temperature=T]
+//                    [--top_k=K] [--top_p=P] [--seed=S] [--chunk_size=C]
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "cli/qllmctl.h"
+
+ABSL_FLAG(std::string, model, "", "Model directory (config.json + safetensors)");
+ABSL_FLAG(std::string, prompt_ids, "", "Comma-separated prompt token ids");
+ABSL_FLAG(int32_t, max_new_tokens, 32, "Tokens to generate");
+ABSL_FLAG(int64_t, chunk_size, 512, "Prefill chunk size in tokens");
+ABSL_FLAG(float, temperature, 0.0f, "Sampling temperature; 0 is greedy");
+ABSL_FLAG(int32_t, top_k, 0, "Top-k filter; 0 disables");
+ABSL_FLAG(float, top_p, 1.0f, "Nucleus filter in (0, 1]");
+ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "qllmctl <command> [flags]\n  inspect MODEL_DIR\n  generate --model=DIR --prompt_ids=...");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() < 2) {
+    std::cerr << absl::ProgramUsageMessage() << "\n";
+    return 2;
+  }
+  const std::string command = args[1];
+  absl::Status status;
+  if (command == "inspect") {
+    if (args.size() != 3) {
+      std::cerr << "usage: qllmctl inspect MODEL_DIR\n";
+      return 2;
+    }
+    status = qllm::cli::InspectModel(args[2], std::cout);
+  } else if (command == "generate") {
+    qllm::cli::GenerateCommand cmd;
+    cmd.model_dir = absl::GetFlag(FLAGS_model);
+    cmd.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+    cmd.chunk_size = absl::GetFlag(FLAGS_chunk_size);
+    cmd.sampling.temperature = absl::GetFlag(FLAGS_temperature);
+    cmd.sampling.top_k = absl::GetFlag(FLAGS_top_k);
+    cmd.sampling.top_p = absl::GetFlag(FLAGS_top_p);
+    cmd.sampling.seed = absl::GetFlag(FLAGS_seed);
+    status = qllm::cli::ParseIdList(absl::GetFlag(FLAGS_prompt_ids), &cmd.prompt_ids);
+    if (status.ok()) status = qllm::cli::RunGenerate(cmd, std::cout);
+  } else {
+    std::cerr << "unknown command \"" << command << "\"\n" << absl::ProgramUsageMessage() << "\n";
+    return 2;
+  }
+  if (!status.ok()) {
+    std::cerr << "qllmctl " << command << ": " << status << "\n";
+    return 1;
+  }
+  return 0;
+}

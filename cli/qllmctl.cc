@@ -1,0 +1,73 @@
+#include "cli/qllmctl.h"
+
+#include <iomanip>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/status_macros.h"
+#include "coordinator/generator.h"
+#include "model/checkpoint.h"
+
+namespace qllm::cli {
+
+absl::Status InspectModel(const std::string& model_dir, std::ostream& out) {
+  ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(model_dir));
+  const model::ModelConfig& c = ckpt->config();
+  out << "architecture       " << c.architecture << "\n"
+      << "layers             " << c.num_layers << "\n"
+      << "hidden_size        " << c.hidden_size << "\n"
+      << "intermediate_size  " << c.intermediate_size << "\n"
+      << "heads / kv_heads   " << c.num_heads << " / " << c.num_kv_heads << " (head_dim "
+      << c.head_dim << ")\n"
+      << "vocab_size         " << c.vocab_size << "\n"
+      << "rope_theta         " << c.rope_theta
+      << (c.has_llama3_scaling ? absl::StrCat(" (llama3 scaling x", c.llama3_scaling.factor, ")")
+                               : std::string())
+      << "\n"
+      << "tied embeddings    " << (c.tie_word_embeddings ? "yes" : "no") << "\n"
+      << "parameters         " << c.NumParameters() << "\n";
+  for (const std::string& name : ckpt->TensorNames()) {
+    ASSIGN_OR_RETURN(const model::TensorView* v, ckpt->Find(name));
+    out << "  " << std::left << std::setw(56) << name << " " << model::DTypeName(v->dtype) << " "
+        << model::ShapeString(v->shape) << "\n";
+  }
+  ASSIGN_OR_RETURN(model::ModelWeights w, model::LoadWeights(model_dir));
+  out << "all " << w.layers.size() << " layers loaded and checked\n";
+  return absl::OkStatus();
+}
+
+absl::Status ParseIdList(const std::string& text, std::vector<int32_t>* ids) {
+  ids->clear();
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    int32_t id;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &id)) {
+      return absl::InvalidArgumentError(absl::StrCat("\"", part, "\" is not a token id"));
+    }
+    ids->push_back(id);
+  }
+  if (ids->empty()) return absl::InvalidArgumentError("no token ids given");
+  return absl::OkStatus();
+}
+
+absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
+  ASSIGN_OR_RETURN(auto shard, worker::ModelShard::Load(cmd.model_dir));
+  ASSIGN_OR_RETURN(auto pipeline, coordinator::LocalPipeline::Create({shard.get()}));
+  coordinator::GenerateOptions options;
+  options.max_new_tokens = cmd.max_new_tokens;
+  options.chunk_size = cmd.chunk_size;
+  options.sampling = cmd.sampling;
+  options.stop_tokens = shard->config().eos_token_ids;
+  ASSIGN_OR_RETURN(coordinator::GenerateResult r,
+                   coordinator::Generate(*pipeline, cmd.prompt_ids, options));
+  out << "generated: " << absl::StrJoin(r.tokens, " ") << "\n";
+  out << std::fixed << std::setprecision(1) << "prefill: " << r.prompt_tokens << " tokens, "
+      << r.prompt_tokens / std::max(r.prefill_seconds, 1e-9)
+      << " tokens/s; decode: " << r.tokens.size() << " tokens, "
+      << r.tokens.size() / std::max(r.decode_seconds, 1e-9) << " tokens/s\n";
+  return absl::OkStatus();
+}
+
+}  // namespace qllm::cli

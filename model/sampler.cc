@@ -1,0 +1,79 @@
+#include "model/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace qllm::model {
+
+absl::Status SamplingOptions::Validate(int32_t vocab_size) const {
+  if (!(temperature >= 0.0f && temperature <= 100.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature must be in [0, 100], got ", temperature));
+  }
+  if (top_k < 0 || top_k > vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_k must be in [0, ", vocab_size, "], got ", top_k));
+  }
+  if (!(top_p > 0.0f && top_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
+  }
+  return absl::OkStatus();
+}
+
+Sampler::Sampler(const SamplingOptions& options) : options_(options), rng_(options.seed) {}
+
+int32_t Argmax(const float* logits, int32_t vocab) {
+  int32_t best = 0;
+  for (int32_t i = 1; i < vocab; ++i) {
+    if (logits[i] > logits[best]) best = i;
+  }
+  return best;
+}
+
+int32_t Sampler::Sample(const float* logits, int32_t vocab) {
+  if (options_.temperature == 0.0f) return Argmax(logits, vocab);
+  scratch_.resize(vocab);
+  for (int32_t i = 0; i < vocab; ++i) scratch_[i] = {logits[i] / options_.temperature, i};
+  // Descending by logit, ascending id among equals: a deterministic order.
+  auto by_logit = [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  int32_t keep = vocab;
+  if (options_.top_k > 0 && options_.top_k < vocab) {
+    keep = options_.top_k;
+    std::partial_sort(scratch_.begin(), scratch_.begin() + keep, scratch_.end(), by_logit);
+  } else {
+    std::sort(scratch_.begin(), scratch_.end(), by_logit);
+  }
+  const float max_logit = scratch_[0].first;
+  double total = 0.0;
+  for (int32_t i = 0; i < keep; ++i) {
+    scratch_[i].first = std::exp(scratch_[i].first - max_logit);
+    total += scratch_[i].first;
+  }
+  if (options_.top_p < 1.0f) {
+    double mass = 0.0;
+    int32_t cut = keep;
+    for (int32_t i = 0; i < keep; ++i) {
+      mass += scratch_[i].first / total;
+      if (mass >= options_.top_p) {
+        cut = i + 1;
+        break;
+      }
+    }
+    total = 0.0;
+    for (int32_t i = 0; i < cut; ++i) total += scratch_[i].first;
+    keep = cut;
+  }
+  const double u = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  double acc = 0.0;
+  for (int32_t i = 0; i < keep; ++i) {
+    acc += scratch_[i].first;
+    if (u < acc) return scratch_[i].second;
+  }
+  return scratch_[keep - 1].second;
+}
+
+}  // namespace qllm::model

@@ -1,0 +1,174 @@
+#include "worker/model_shard.h"
+
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "cuda/attention.h"
+#include "cuda/embedding.h"
+#include "cuda/gemm.h"
+#include "cuda/rmsnorm.h"
+#include "cuda/rope.h"
+#include "cuda/swiglu.h"
+
+namespace qllm::worker {
+namespace {
+
+cuda::RopeConfig RopeConfigOf(const model::ModelConfig& c) {
+  cuda::RopeConfig r;
+  r.head_dim = c.head_dim;
+  r.theta = c.rope_theta;
+  if (c.has_llama3_scaling) {
+    r.llama3_factor = c.llama3_scaling.factor;
+    r.llama3_low_freq_factor = c.llama3_scaling.low_freq_factor;
+    r.llama3_high_freq_factor = c.llama3_scaling.high_freq_factor;
+    r.llama3_original_max_position =
+        static_cast<double>(c.llama3_scaling.original_max_position_embeddings);
+  }
+  return r;
+}
+
+void Grow(std::vector<float>* v, int64_t n) {
+  if (static_cast<int64_t>(v->size()) < n) v->resize(n);
+}
+
+absl::Status RmsNorm(const float* x, const std::vector<float>& w, float eps, float* y,
+                     int64_t rows) {
+  cuda::RmsNormParams p;
+  p.x = x;
+  p.weight = w.data();
+  p.y = y;
+  p.rows = rows;
+  p.dim = static_cast<int64_t>(w.size());
+  p.eps = eps;
+  return cuda::RmsNormRef(p);
+}
+
+}  // namespace
+
+ShardSession::ShardSession(int num_layers, int64_t kv_dim) {
+  caches_.reserve(num_layers);
+  for (int i = 0; i < num_layers; ++i) caches_.emplace_back(kv_dim);
+}
+
+int64_t ShardSession::KvBytes() const {
+  int64_t total = 0;
+  for (const KvCache& c : caches_) total += c.MemoryBytes();
+  return total;
+}
+
+absl::StatusOr<std::unique_ptr<ModelShard>> ModelShard::Load(const std::string& model_dir,
+                                                             const model::LoadOptions& options) {
+  ASSIGN_OR_RETURN(model::ModelWeights weights, model::LoadWeights(model_dir, options));
+  return std::make_unique<ModelShard>(std::move(weights));
+}
+
+ModelShard::ModelShard(model::ModelWeights weights)
+    : weights_(std::move(weights)),
+      inv_freq_(cuda::RopeInverseFrequencies(RopeConfigOf(weights_.config))) {}
+
+std::unique_ptr<ShardSession> ModelShard::NewSession() const {
+  return std::unique_ptr<ShardSession>(
+      new ShardSession(static_cast<int>(weights_.layers.size()), config().kv_dim()));
+}
+
+absl::Status ModelShard::Embed(std::span<const int32_t> tokens, float* hidden) const {
+  if (!has_embedding()) {
+    return absl::FailedPreconditionError("this shard does not hold the token embedding");
+  }
+  cuda::EmbeddingParams p;
+  p.tokens = tokens.data();
+  p.table = weights_.embedding.data();
+  p.out = hidden;
+  p.n = static_cast<int64_t>(tokens.size());
+  p.vocab = config().vocab_size;
+  p.dim = config().hidden_size;
+  return cuda::EmbeddingRef(p);
+}
+
+absl::Status ModelShard::Forward(ShardSession* s, float* hidden, int64_t n) const {
+  if (n <= 0) return absl::InvalidArgumentError(absl::StrCat("forward of ", n, " tokens"));
+  const model::ModelConfig& c = config();
+  const int64_t qkv_dim = c.q_dim() + 2 * c.kv_dim();
+  Grow(&s->norm_, n * c.hidden_size);
+  Grow(&s->qkv_, n * qkv_dim);
+  Grow(&s->attn_, n * c.q_dim());
+  Grow(&s->proj_, n * c.hidden_size);
+  Grow(&s->gate_up_, n * 2 * static_cast<int64_t>(c.intermediate_size));
+  Grow(&s->act_, n * static_cast<int64_t>(c.intermediate_size));
+  s->positions_.resize(n);
+  for (int64_t i = 0; i < n; ++i) s->positions_[i] = s->position_ + i;
+  for (int l = 0; l < static_cast<int>(weights_.layers.size()); ++l) {
+    absl::Status st = ForwardLayer(l, s, hidden, n);
+    if (!st.ok()) {
+      return absl::Status(st.code(),
+                          absl::StrCat("layer ", weights_.layer_begin + l, ": ", st.message()));
+    }
+  }
+  s->position_ += n;
+  return absl::OkStatus();
+}
+
+absl::Status ModelShard::ForwardLayer(int l, ShardSession* s, float* hidden, int64_t n) const {
+  const model::ModelConfig& c = config();
+  const model::LayerWeights& w = weights_.layers[l];
+  const int64_t d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t qkv_dim = qd + 2 * kvd, f = c.intermediate_size;
+
+  // Attention block.
+  RETURN_IF_ERROR(RmsNorm(hidden, w.attn_norm, c.rms_norm_eps, s->norm_.data(), n));
+  RETURN_IF_ERROR(cuda::MatMulNT(s->norm_.data(), w.wqkv.data(), s->qkv_.data(), n, qkv_dim, d));
+  cuda::RopeParams rope;
+  rope.positions = s->positions_.data();
+  rope.inv_freq = inv_freq_.data();
+  rope.tokens = n;
+  rope.head_dim = c.head_dim;
+  rope.row_stride = qkv_dim;
+  rope.x = s->qkv_.data();
+  rope.heads = c.num_heads;
+  RETURN_IF_ERROR(cuda::RopeRef(rope));
+  rope.x = s->qkv_.data() + qd;
+  rope.heads = c.num_kv_heads;
+  RETURN_IF_ERROR(cuda::RopeRef(rope));
+  KvCache& cache = s->caches_[l];
+  cache.Append(s->qkv_.data() + qd, s->qkv_.data() + qd + kvd, n, qkv_dim);
+
+  cuda::CausalAttentionParams ap;
+  ap.q = s->qkv_.data();
+  ap.k = cache.keys();
+  ap.v = cache.values();
+  ap.out = s->attn_.data();
+  ap.n_q = n;
+  ap.n_kv = cache.size();
+  ap.q_offset = cache.size() - n;
+  ap.heads = c.num_heads;
+  ap.kv_heads = c.num_kv_heads;
+  ap.head_dim = c.head_dim;
+  ap.q_stride = qkv_dim;
+  ap.kv_stride = kvd;
+  ap.out_stride = qd;
+  ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+  RETURN_IF_ERROR(cuda::CausalAttentionRef(ap));
+  RETURN_IF_ERROR(cuda::MatMulNT(s->attn_.data(), w.wo.data(), s->proj_.data(), n, d, qd));
+  RETURN_IF_ERROR(cuda::AddRef({.x = s->proj_.data(), .y = hidden, .n = n * d}));
+
+  // MLP block.
+  RETURN_IF_ERROR(RmsNorm(hidden, w.ffn_norm, c.rms_norm_eps, s->norm_.data(), n));
+  RETURN_IF_ERROR(cuda::MatMulNT(s->norm_.data(), w.w13.data(), s->gate_up_.data(), n, 2 * f, d));
+  RETURN_IF_ERROR(
+      cuda::SwiGluRef({.gate_up = s->gate_up_.data(), .out = s->act_.data(), .rows = n, .dim = f}));
+  RETURN_IF_ERROR(cuda::MatMulNT(s->act_.data(), w.w2.data(), s->proj_.data(), n, d, f));
+  return cuda::AddRef({.x = s->proj_.data(), .y = hidden, .n = n * d});
+}
+
+absl::Status ModelShard::Logits(const float* hidden, int64_t rows, float* logits) const {
+  if (!has_head()) return absl::FailedPreconditionError("this shard does not hold the LM head");
+  const model::ModelConfig& c = config();
+  std::vector<float> normed(rows * c.hidden_size);
+  RETURN_IF_ERROR(RmsNorm(hidden, weights_.final_norm, c.rms_norm_eps, normed.data(), rows));
+  return cuda::MatMulNT(normed.data(), weights_.head_matrix(), logits, rows, c.vocab_size,
+                        c.hidden_size);
+}
+
+}  // namespace qllm::worker

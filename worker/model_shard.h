@@ -1,0 +1,85 @@
+// A contiguous range of a model's layers on the CPU backend, optionally with the token
+// embedding (first pipeline stage) and the final norm + LM head (last stage). A single-process
+// engine is one shard holding everything.
+#ifndef QLLM_WORKER_MODEL_SHARD_H_
+#define QLLM_WORKER_MODEL_SHARD_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/weights.h"
+#include "worker/kv_cache.h"
+
+namespace qllm::worker {
+
+// Per-request state of one shard: the position reached and each layer's KV cache. Owned by the
+// caller; used by one thread at a time.
+class ShardSession {
+ public:
+  ShardSession(const ShardSession&) = delete;
+  ShardSession& operator=(const ShardSession&) = delete;
+
+  // Tokens processed so far (the position of the next token).
+  int64_t position() const { return position_; }
+  // Bytes of KV cache held across the shard's layers.
+  int64_t KvBytes() const;
+
+ private:
+  friend class ModelShard;
+  ShardSession(int num_layers, int64_t kv_dim);
+
+  int64_t position_ = 0;
+  std::vector<KvCache> caches_;
+  // Scratch buffers reused across calls.
+  std::vector<float> norm_, qkv_, attn_, proj_, gate_up_, act_;
+  std::vector<int64_t> positions_;
+};
+
+class ModelShard {
+ public:
+  // Loads the part of the checkpoint in `model_dir` that `options` names.
+  // Errors: those of model::LoadWeights.
+  static absl::StatusOr<std::unique_ptr<ModelShard>> Load(const std::string& model_dir,
+                                                          const model::LoadOptions& options = {});
+  // Wraps already loaded weights.
+  explicit ModelShard(model::ModelWeights weights);
+
+  ModelShard(const ModelShard&) = delete;
+  ModelShard& operator=(const ModelShard&) = delete;
+
+  const model::ModelConfig& config() const { return weights_.config; }
+  int32_t layer_begin() const { return weights_.layer_begin; }
+  int32_t layer_end() const { return weights_.layer_end; }
+  bool has_embedding() const { return weights_.has_embedding(); }
+  bool has_head() const { return weights_.has_head(); }
+
+  std::unique_ptr<ShardSession> NewSession() const;
+
+  // Writes the embeddings of `tokens` into hidden[tokens.size(), hidden_size].
+  // Errors: FAILED_PRECONDITION without an embedding; INVALID_ARGUMENT for ids outside the
+  // vocabulary.
+  absl::Status Embed(std::span<const int32_t> tokens, float* hidden) const;
+
+  // Runs this shard's layers over n new tokens in place: hidden[n, hidden_size] holds the
+  // input activations and receives the output. The tokens sit at positions
+  // session->position() .. + n - 1; the session advances by n. Thread-safe across sessions.
+  absl::Status Forward(ShardSession* session, float* hidden, int64_t n) const;
+
+  // logits[rows, vocab] = head(final_norm(hidden[rows, hidden_size])).
+  // Errors: FAILED_PRECONDITION without the head.
+  absl::Status Logits(const float* hidden, int64_t rows, float* logits) const;
+
+ private:
+  absl::Status ForwardLayer(int layer, ShardSession* s, float* hidden, int64_t n) const;
+
+  const model::ModelWeights weights_;
+  const std::vector<double> inv_freq_;
+};
+
+}  // namespace qllm::worker
+
+#endif  // QLLM_WORKER_MODEL_SHARD_H_
