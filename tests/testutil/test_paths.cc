@@ -16,8 +16,9 @@ std::string EnvOr(const char* name, const char* fallback) {
 }
 }  // namespace
 
-std::string SourceDir() { return EnvOr("QLLM_SOURCE_DIR", "."); }
-std::string BinaryDir() { return EnvOr("QLLM_BINARY_DIR", "."); }
+// The environment overrides the directories the test binaries were configured with.
+std::string SourceDir() { return EnvOr("QLLM_SOURCE_DIR", QLLM_DEFAULT_SOURCE_DIR); }
+std::string BinaryDir() { return EnvOr("QLLM_BINARY_DIR", QLLM_DEFAULT_BINARY_DIR); }
 
 std::string MakeScratchDir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();

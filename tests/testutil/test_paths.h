@@ -6,9 +6,9 @@
 
 namespace qllm::testing {
 
-// The repository root (QLLM_SOURCE_DIR, set by CTest for every test).
+// The repository root: $QLLM_SOURCE_DIR, else the one the tests were configured from.
 std::string SourceDir();
-// The CMake build directory (QLLM_BINARY_DIR).
+// The CMake build directory: $QLLM_BINARY_DIR, else the one the tests were built in.
 std::string BinaryDir();
 // Creates and returns a new empty directory under the system temp dir, named after the
 // running test. The directory is removed by the caller or left for inspection on failure.
