@@ -38,6 +38,24 @@ std::unique_ptr<PipelineSession> LocalPipeline::NewSession() const {
   return session;
 }
 
+absl::StatusOr<std::unique_ptr<PipelineSession>> LocalPipeline::NewSession(
+    const worker::SessionOptions& options) const {
+  auto session = std::make_unique<PipelineSession>();
+  for (const worker::ModelShard* s : shards_) {
+    ASSIGN_OR_RETURN(auto stage, s->NewSession(options));
+    session->stages.push_back(std::move(stage));
+  }
+  return session;
+}
+
+std::vector<worker::ChunkSelection> PipelineSession::Selections() const {
+  std::vector<worker::ChunkSelection> all;
+  for (const auto& stage : stages) {
+    all.insert(all.end(), stage->selections().begin(), stage->selections().end());
+  }
+  return all;
+}
+
 absl::Status LocalPipeline::RunChunk(PipelineSession* session, std::span<const int32_t> tokens,
                                      bool all_logits, std::vector<float>* logits) const {
   const int64_t n = static_cast<int64_t>(tokens.size());
@@ -59,6 +77,13 @@ absl::Status LocalPipeline::Prefill(PipelineSession* session, std::span<const in
                                     std::vector<float>* logits) const {
   if (chunk_size <= 0) return absl::InvalidArgumentError("chunk_size must be positive");
   if (tokens.empty()) return absl::InvalidArgumentError("prefill of an empty token sequence");
+  const auto& question = session->stages.front()->options().question;
+  if (question.has_value() && session->position() == 0 &&
+      question->end > static_cast<int64_t>(tokens.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the question span [", question->begin, ", ", question->end,
+                     ") must lie inside the first prefill call (", tokens.size(), " tokens)"));
+  }
   if (logits != nullptr) logits->clear();
   std::vector<float> chunk_logits;
   for (size_t begin = 0; begin < tokens.size(); begin += chunk_size) {

@@ -18,6 +18,8 @@ struct PipelineSession {
   std::vector<std::unique_ptr<worker::ShardSession>> stages;
   std::vector<float> hidden;
   int64_t position() const { return stages.front()->position(); }
+  // Block selections of every layer of every stage, in stage order.
+  std::vector<worker::ChunkSelection> Selections() const;
 };
 
 class LocalPipeline {
@@ -28,7 +30,11 @@ class LocalPipeline {
       std::vector<const worker::ModelShard*> shards);
 
   const model::ModelConfig& config() const { return shards_.front()->config(); }
+  // A full-attention session.
   std::unique_ptr<PipelineSession> NewSession() const;
+  // A session with the given attention options on every stage (see ModelShard::NewSession).
+  absl::StatusOr<std::unique_ptr<PipelineSession>> NewSession(
+      const worker::SessionOptions& options) const;
 
   // Runs `tokens` (one chunk) through every stage. When `logits` is non-null it receives the
   // logits of every token ([tokens.size(), vocab]) if `all_logits`, else of the last token only.
@@ -36,6 +42,7 @@ class LocalPipeline {
                         std::vector<float>* logits) const;
 
   // Runs `tokens` in chunks of at most `chunk_size` (the bound on activation memory).
+  // INVALID_ARGUMENT when the session has a question span that the first call does not cover.
   absl::Status Prefill(PipelineSession* session, std::span<const int32_t> tokens,
                        int64_t chunk_size, bool all_logits, std::vector<float>* logits) const;
 

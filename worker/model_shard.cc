@@ -47,7 +47,9 @@ absl::Status RmsNorm(const float* x, const std::vector<float>& w, float eps, flo
 
 }  // namespace
 
-ShardSession::ShardSession(int num_layers, int64_t kv_dim) {
+ShardSession::ShardSession(int num_layers, int64_t kv_dim, SessionOptions options)
+    : options_(std::move(options)) {
+  if (options_.memory.uses_memory()) return;  // The context memories are added by the shard.
   caches_.reserve(num_layers);
   for (int i = 0; i < num_layers; ++i) caches_.emplace_back(kv_dim);
 }
@@ -55,6 +57,7 @@ ShardSession::ShardSession(int num_layers, int64_t kv_dim) {
 int64_t ShardSession::KvBytes() const {
   int64_t total = 0;
   for (const KvCache& c : caches_) total += c.MemoryBytes();
+  for (const auto& m : memories_) total += m->MemoryBytes();
   return total;
 }
 
@@ -70,7 +73,35 @@ ModelShard::ModelShard(model::ModelWeights weights)
 
 std::unique_ptr<ShardSession> ModelShard::NewSession() const {
   return std::unique_ptr<ShardSession>(
-      new ShardSession(static_cast<int>(weights_.layers.size()), config().kv_dim()));
+      new ShardSession(static_cast<int>(weights_.layers.size()), config().kv_dim(), {}));
+}
+
+absl::StatusOr<std::unique_ptr<ShardSession>> ModelShard::NewSession(
+    const SessionOptions& options) const {
+  RETURN_IF_ERROR(options.memory.ValidateForModel(config().rope_theta));
+  if (options.question.has_value() &&
+      (options.question->begin < 0 || options.question->begin >= options.question->end)) {
+    return absl::InvalidArgumentError(absl::StrCat("question span [", options.question->begin, ", ",
+                                                   options.question->end,
+                                                   ") is empty or negative"));
+  }
+  if (options.memory.mode == AttentionMode::kQllm && !options.question.has_value()) {
+    return absl::InvalidArgumentError("qllm mode needs the question's token span");
+  }
+  const int num_layers = static_cast<int>(weights_.layers.size());
+  std::unique_ptr<ShardSession> s(new ShardSession(num_layers, config().kv_dim(), options));
+  if (options.memory.uses_memory()) {
+    if (options.storage == nullptr) {
+      return absl::InvalidArgumentError("a context-memory session needs a block storage");
+    }
+    const LayerShape shape{config().num_heads, config().num_kv_heads, config().head_dim};
+    for (int l = 0; l < num_layers; ++l) {
+      s->memories_.push_back(std::make_unique<LayerMemory>(
+          options.memory, shape, weights_.layer_begin + l, options.session_id, options.question,
+          options.storage, inv_freq_.data()));
+    }
+  }
+  return s;
 }
 
 absl::Status ModelShard::Embed(std::span<const int32_t> tokens, float* hidden) const {
@@ -89,6 +120,16 @@ absl::Status ModelShard::Embed(std::span<const int32_t> tokens, float* hidden) c
 
 absl::Status ModelShard::Forward(ShardSession* s, float* hidden, int64_t n) const {
   if (n <= 0) return absl::InvalidArgumentError(absl::StrCat("forward of ", n, " tokens"));
+  if (!s->options_.memory.uses_memory()) return ForwardChunk(s, hidden, n);
+  const int64_t exc = s->options_.memory.exc_block_size;
+  for (int64_t begin = 0; begin < n; begin += exc) {
+    RETURN_IF_ERROR(
+        ForwardChunk(s, hidden + begin * config().hidden_size, std::min(exc, n - begin)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ModelShard::ForwardChunk(ShardSession* s, float* hidden, int64_t n) const {
   const model::ModelConfig& c = config();
   const int64_t qkv_dim = c.q_dim() + 2 * c.kv_dim();
   Grow(&s->norm_, n * c.hidden_size);
@@ -119,6 +160,28 @@ absl::Status ModelShard::ForwardLayer(int l, ShardSession* s, float* hidden, int
   // Attention block.
   RETURN_IF_ERROR(RmsNorm(hidden, w.attn_norm, c.rms_norm_eps, s->norm_.data(), n));
   RETURN_IF_ERROR(cuda::MatMulNT(s->norm_.data(), w.wqkv.data(), s->qkv_.data(), n, qkv_dim, d));
+  if (!s->memories_.empty()) {
+    RETURN_IF_ERROR(
+        s->memories_[l]->Process(s->qkv_.data(), qkv_dim, n, s->position_, s->attn_.data(),
+                                 s->options_.record_selections ? &s->selections_ : nullptr));
+  } else {
+    RETURN_IF_ERROR(FullAttention(l, s, n));
+  }
+  RETURN_IF_ERROR(cuda::MatMulNT(s->attn_.data(), w.wo.data(), s->proj_.data(), n, d, qd));
+  RETURN_IF_ERROR(cuda::AddRef({.x = s->proj_.data(), .y = hidden, .n = n * d}));
+
+  // MLP block.
+  RETURN_IF_ERROR(RmsNorm(hidden, w.ffn_norm, c.rms_norm_eps, s->norm_.data(), n));
+  RETURN_IF_ERROR(cuda::MatMulNT(s->norm_.data(), w.w13.data(), s->gate_up_.data(), n, 2 * f, d));
+  RETURN_IF_ERROR(
+      cuda::SwiGluRef({.gate_up = s->gate_up_.data(), .out = s->act_.data(), .rows = n, .dim = f}));
+  RETURN_IF_ERROR(cuda::MatMulNT(s->act_.data(), w.w2.data(), s->proj_.data(), n, d, f));
+  return cuda::AddRef({.x = s->proj_.data(), .y = hidden, .n = n * d});
+}
+
+absl::Status ModelShard::FullAttention(int l, ShardSession* s, int64_t n) const {
+  const model::ModelConfig& c = config();
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim(), qkv_dim = qd + 2 * kvd;
   cuda::RopeParams rope;
   rope.positions = s->positions_.data();
   rope.inv_freq = inv_freq_.data();
@@ -149,17 +212,7 @@ absl::Status ModelShard::ForwardLayer(int l, ShardSession* s, float* hidden, int
   ap.kv_stride = kvd;
   ap.out_stride = qd;
   ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-  RETURN_IF_ERROR(cuda::CausalAttentionRef(ap));
-  RETURN_IF_ERROR(cuda::MatMulNT(s->attn_.data(), w.wo.data(), s->proj_.data(), n, d, qd));
-  RETURN_IF_ERROR(cuda::AddRef({.x = s->proj_.data(), .y = hidden, .n = n * d}));
-
-  // MLP block.
-  RETURN_IF_ERROR(RmsNorm(hidden, w.ffn_norm, c.rms_norm_eps, s->norm_.data(), n));
-  RETURN_IF_ERROR(cuda::MatMulNT(s->norm_.data(), w.w13.data(), s->gate_up_.data(), n, 2 * f, d));
-  RETURN_IF_ERROR(
-      cuda::SwiGluRef({.gate_up = s->gate_up_.data(), .out = s->act_.data(), .rows = n, .dim = f}));
-  RETURN_IF_ERROR(cuda::MatMulNT(s->act_.data(), w.w2.data(), s->proj_.data(), n, d, f));
-  return cuda::AddRef({.x = s->proj_.data(), .y = hidden, .n = n * d});
+  return cuda::CausalAttentionRef(ap);
 }
 
 absl::Status ModelShard::Logits(const float* hidden, int64_t rows, float* logits) const {

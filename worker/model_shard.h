@@ -12,12 +12,29 @@
 
 #include "absl/status/statusor.h"
 #include "model/weights.h"
+#include "worker/block_storage.h"
+#include "worker/context_memory.h"
 #include "worker/kv_cache.h"
+#include "worker/memory_config.h"
 
 namespace qllm::worker {
 
-// Per-request state of one shard: the position reached and each layer's KV cache. Owned by the
-// caller; used by one thread at a time.
+// How a session attends to its past.
+struct SessionOptions {
+  // Attention mode and Q-LLM parameters. Default: full attention.
+  MemoryConfig memory;
+  // The question's token span (qllm mode); must lie in the first prefill call.
+  std::optional<QuestionSpan> question;
+  // Where memory blocks go; required unless memory.mode is kFull. Must outlive the session.
+  BlockStorage* storage = nullptr;
+  // Owner id of this session's blocks in `storage`.
+  uint64_t session_id = 0;
+  // Keep every chunk's block selection for introspection. Default: false.
+  bool record_selections = false;
+};
+
+// Per-request state of one shard: the position reached and each layer's KV cache or context
+// memory. Owned by the caller; used by one thread at a time.
 class ShardSession {
  public:
   ShardSession(const ShardSession&) = delete;
@@ -25,15 +42,26 @@ class ShardSession {
 
   // Tokens processed so far (the position of the next token).
   int64_t position() const { return position_; }
-  // Bytes of KV cache held across the shard's layers.
+  // Bytes of attention state held in host memory across the shard's layers (block K/V in
+  // the block storage not included).
   int64_t KvBytes() const;
+  const SessionOptions& options() const { return options_; }
+  // The context memory of the shard's i-th layer, or nullptr in full mode.
+  const LayerMemory* memory(int i) const {
+    return memories_.empty() ? nullptr : memories_[i].get();
+  }
+  // Block selections of every layer and chunk so far (when record_selections is set).
+  const std::vector<ChunkSelection>& selections() const { return selections_; }
 
  private:
   friend class ModelShard;
-  ShardSession(int num_layers, int64_t kv_dim);
+  ShardSession(int num_layers, int64_t kv_dim, SessionOptions options);
 
+  const SessionOptions options_;
   int64_t position_ = 0;
   std::vector<KvCache> caches_;
+  std::vector<std::unique_ptr<LayerMemory>> memories_;
+  std::vector<ChunkSelection> selections_;
   // Scratch buffers reused across calls.
   std::vector<float> norm_, qkv_, attn_, proj_, gate_up_, act_;
   std::vector<int64_t> positions_;
@@ -57,7 +85,12 @@ class ModelShard {
   bool has_embedding() const { return weights_.has_embedding(); }
   bool has_head() const { return weights_.has_head(); }
 
+  // A full-attention session.
   std::unique_ptr<ShardSession> NewSession() const;
+  // A session with the given attention options. Errors: INVALID_ARGUMENT for an invalid
+  // memory configuration (also against this model, e.g. its rope base), a missing block
+  // storage, or a malformed question span.
+  absl::StatusOr<std::unique_ptr<ShardSession>> NewSession(const SessionOptions& options) const;
 
   // Writes the embeddings of `tokens` into hidden[tokens.size(), hidden_size].
   // Errors: FAILED_PRECONDITION without an embedding; INVALID_ARGUMENT for ids outside the
@@ -66,7 +99,9 @@ class ModelShard {
 
   // Runs this shard's layers over n new tokens in place: hidden[n, hidden_size] holds the
   // input activations and receives the output. The tokens sit at positions
-  // session->position() .. + n - 1; the session advances by n. Thread-safe across sessions.
+  // session->position() .. + n - 1; the session advances by n. With a context memory the
+  // tokens run in execution chunks of exc_block_size (one retrieval each), counted from the
+  // start of this call. Thread-safe across sessions.
   absl::Status Forward(ShardSession* session, float* hidden, int64_t n) const;
 
   // logits[rows, vocab] = head(final_norm(hidden[rows, hidden_size])).
@@ -74,7 +109,9 @@ class ModelShard {
   absl::Status Logits(const float* hidden, int64_t rows, float* logits) const;
 
  private:
+  absl::Status ForwardChunk(ShardSession* s, float* hidden, int64_t n) const;
   absl::Status ForwardLayer(int layer, ShardSession* s, float* hidden, int64_t n) const;
+  absl::Status FullAttention(int layer, ShardSession* s, int64_t n) const;
 
   const model::ModelWeights weights_;
   const std::vector<double> inv_freq_;

@@ -1,0 +1,341 @@
+#include "worker/context_memory.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "cuda/rope.h"
+
+namespace qllm::worker {
+namespace {
+
+// Rotates `rows` rows of `heads` heads (row stride `stride`) to `positions`.
+void Rotate(float* x, int64_t rows, int64_t heads, int64_t head_dim, int64_t stride,
+            const int64_t* positions, const double* inv_freq) {
+  cuda::RopeParams p;
+  p.x = x;
+  p.positions = positions;
+  p.inv_freq = inv_freq;
+  p.tokens = rows;
+  p.heads = heads;
+  p.head_dim = head_dim;
+  p.row_stride = stride;
+  absl::Status s = cuda::RopeRef(p);
+  QLLM_CHECK(s.ok()) << s;
+}
+
+// Indices of the k largest of values[0..n) (stride `stride`), largest first; ties go to the
+// lower index.
+void TopIndices(const float* values, int64_t n, int64_t stride, int64_t k,
+                std::vector<int64_t>* out) {
+  out->resize(n);
+  std::iota(out->begin(), out->end(), 0);
+  k = std::min(k, n);
+  std::partial_sort(out->begin(), out->begin() + k, out->end(), [&](int64_t a, int64_t b) {
+    const float va = values[a * stride], vb = values[b * stride];
+    return va > vb || (va == vb && a < b);
+  });
+  out->resize(k);
+}
+
+}  // namespace
+
+LayerMemory::LayerMemory(const MemoryConfig& config, const LayerShape& shape, int32_t layer,
+                         uint64_t session, std::optional<QuestionSpan> question,
+                         BlockStorage* storage, const double* inv_freq)
+    : config_(config),
+      layer_(layer),
+      session_(session),
+      question_(question),
+      storage_(storage),
+      inv_freq_(inv_freq),
+      heads_(shape.heads),
+      kv_heads_(shape.kv_heads),
+      head_dim_(shape.head_dim),
+      group_(shape.heads / shape.kv_heads),
+      q_dim_(static_cast<int64_t>(shape.heads) * shape.head_dim),
+      kv_dim_(static_cast<int64_t>(shape.kv_heads) * shape.head_dim),
+      scale_(static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim)))),
+      w_(config.effective_question_weight()),
+      n_local_(config.n_local),
+      pending_global_(config.mode != AttentionMode::kStreaming),
+      topk_(config.mode == AttentionMode::kStreaming ? 0 : config.topk) {
+  QLLM_CHECK(config.uses_memory());
+  if (question_.has_value()) {
+    question_q_.assign((question_->end - question_->begin) * q_dim_, 0.0f);
+  }
+}
+
+int64_t LayerMemory::MemoryBytes() const {
+  const size_t floats = init_k_.capacity() + init_v_.capacity() + pk_.capacity() + pkr_.capacity() +
+                        pv_.capacity() + ps_.capacity() + reprs_.capacity() +
+                        question_q_.capacity() + global_k_.capacity() + global_v_.capacity();
+  return static_cast<int64_t>(floats * sizeof(float) + block_start_.capacity() * 8);
+}
+
+absl::Status LayerMemory::Process(const float* qkv, int64_t stride, int64_t n, int64_t start,
+                                  float* out, std::vector<ChunkSelection>* record) {
+  QLLM_CHECK(start == end_) << "chunk at " << start << " after " << end_ << " tokens";
+  // 1. Queries at their own positions (local keys) and at n_local - 1 (global keys).
+  std::vector<float> q_loc(n * q_dim_), q_glob(n * q_dim_);
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(&q_loc[i * q_dim_], qkv + i * stride, q_dim_ * sizeof(float));
+  }
+  q_glob = q_loc;
+  std::vector<int64_t> positions(n), fixed(n, n_local_ - 1);
+  std::iota(positions.begin(), positions.end(), start);
+  Rotate(q_loc.data(), n, heads_, head_dim_, q_dim_, positions.data(), inv_freq_);
+  Rotate(q_glob.data(), n, heads_, head_dim_, q_dim_, fixed.data(), inv_freq_);
+  AppendPending(qkv, stride, n, start);
+
+  // 2. Retrieval, once per chunk, before attention (this chunk's own blocks do not exist yet).
+  std::vector<int32_t> ids;
+  std::vector<float> scores;
+  if (topk_ > 0 && !block_start_.empty()) Retrieve(q_glob.data(), n, &ids, &scores);
+  const int64_t n_init = init_size();
+  const int64_t bs = config_.block_size;
+  const int64_t ng = n_init + static_cast<int64_t>(ids.size()) * bs;
+  global_k_.resize(ng * kv_dim_);
+  global_v_.resize(ng * kv_dim_);
+  std::copy(init_k_.begin(), init_k_.end(), global_k_.begin());
+  std::copy(init_v_.begin(), init_v_.end(), global_v_.begin());
+  if (!ids.empty()) {
+    std::vector<BlockId> keys;
+    for (int32_t b : ids) keys.push_back(BlockId{session_, layer_, b});
+    RETURN_IF_ERROR(storage_->MultiGet(keys, bs * kv_dim_, global_k_.data() + n_init * kv_dim_,
+                                       global_v_.data() + n_init * kv_dim_));
+  }
+  if (record != nullptr) {
+    ChunkSelection sel;
+    sel.layer = layer_;
+    sel.chunk_begin = start;
+    sel.chunk_end = start + n;
+    sel.candidates = num_blocks();
+    sel.blocks = ids;
+    sel.scores = scores;
+    for (int32_t b : ids) sel.block_starts.push_back(block_start_[b]);
+    record->push_back(std::move(sel));
+  }
+
+  // 3-4. Two-stage attention with one joint softmax, and local-score accumulation.
+  Attend(q_loc.data(), q_glob.data(), n, start, ng, out);
+  // 5-6. Commit.
+  return Commit();
+}
+
+void LayerMemory::AppendPending(const float* qkv, int64_t stride, int64_t n, int64_t start) {
+  const int64_t count = end_ - p0_;
+  if (pb_ > 0 && pb_ >= count) {  // Compact: move the live rows to the front.
+    std::memmove(pk_.data(), pk(0), count * kv_dim_ * sizeof(float));
+    std::memmove(pkr_.data(), pkr(0), count * kv_dim_ * sizeof(float));
+    std::memmove(pv_.data(), pv(0), count * kv_dim_ * sizeof(float));
+    std::memmove(ps_.data(), ps(0), count * heads_ * sizeof(float));
+    pb_ = 0;
+  }
+  const size_t rows = pb_ + count + n;
+  if (pk_.size() < rows * kv_dim_) {
+    pk_.resize(rows * kv_dim_);
+    pkr_.resize(rows * kv_dim_);
+    pv_.resize(rows * kv_dim_);
+    ps_.resize(rows * heads_);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = qkv + i * stride;
+    std::memcpy(pk(count + i), row + q_dim_, kv_dim_ * sizeof(float));
+    std::memcpy(pkr(count + i), row + q_dim_, kv_dim_ * sizeof(float));
+    std::memcpy(pv(count + i), row + q_dim_ + kv_dim_, kv_dim_ * sizeof(float));
+    std::fill(ps(count + i), ps(count + i) + heads_, 0.0f);
+    const int64_t pos = start + i;
+    if (question_.has_value() && question_vector_.empty() && pos >= question_->begin &&
+        pos < question_->end) {
+      std::memcpy(&question_q_[(pos - question_->begin) * q_dim_], row, q_dim_ * sizeof(float));
+    }
+  }
+  std::vector<int64_t> positions(n);
+  std::iota(positions.begin(), positions.end(), start);
+  Rotate(pkr(count), n, kv_heads_, head_dim_, kv_dim_, positions.data(), inv_freq_);
+  end_ += n;
+}
+
+void LayerMemory::Retrieve(const float* q_glob, int64_t n, std::vector<int32_t>* ids,
+                           std::vector<float>* scores) const {
+  const int64_t num = num_blocks();
+  std::vector<float> qbar(q_dim_, 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t d = 0; d < q_dim_; ++d) qbar[d] += q_glob[i * q_dim_ + d];
+  }
+  for (float& x : qbar) x /= static_cast<float>(n);
+  std::vector<float> s(num);
+  cblas_sgemv(CblasRowMajor, CblasNoTrans, num, q_dim_, 1.0f, reprs_.data(), q_dim_, qbar.data(), 1,
+              0.0f, s.data(), 1);
+  if (w_ != 0.0f && !question_vector_.empty()) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, num, q_dim_, w_, reprs_.data(), q_dim_,
+                question_vector_.data(), 1, 1.0f, s.data(), 1);
+  }
+  std::vector<int64_t> top;
+  TopIndices(s.data(), num, 1, topk_, &top);
+  for (int64_t b : top) {
+    ids->push_back(static_cast<int32_t>(b));
+    scores->push_back(s[b]);
+  }
+}
+
+void LayerMemory::Attend(const float* q_loc, const float* q_glob, int64_t n, int64_t start,
+                         int64_t ng, float* out) {
+  const int64_t P = end_ - p0_;
+  const int64_t width = ng + P;
+  const int64_t nl = n_local_;
+  // Pending tokens beyond the window exist only if the oldest one is far from the last query.
+  const bool any_far = pending_global_ && (start + n - 1) - p0_ >= nl;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const float* kg = global_k_.data();
+  const float* vg = global_v_.data();
+  const float* pk0 = pk(0);
+  const float* pkr0 = pkr(0);
+  const float* pv0 = pv(0);
+  float* ps0 = ps(0);
+#pragma omp parallel
+  {
+    std::vector<float> s(n * width), far(any_far ? n * P : 0);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t h = 0; h < heads_; ++h) {
+      const int64_t g = h / group_;
+      const float* qg = q_glob + h * head_dim_;
+      const float* ql = q_loc + h * head_dim_;
+      float* sp = s.data() + ng;  // Pending part of each row.
+      if (ng > 0) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ng, head_dim_, scale_, qg, q_dim_,
+                    kg + g * head_dim_, kv_dim_, 0.0f, s.data(), width);
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, P, head_dim_, scale_, ql, q_dim_,
+                  pkr0 + g * head_dim_, kv_dim_, 0.0f, sp, width);
+      if (any_far) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, P, head_dim_, scale_, qg, q_dim_,
+                    pk0 + g * head_dim_, kv_dim_, 0.0f, far.data(), P);
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        float* row = s.data() + i * width;
+        float* prow = row + ng;
+        for (int64_t j = 0; j < P; ++j) {
+          const int64_t rel = (start + i) - (p0_ + j);
+          if (rel < 0) {
+            prow[j] = neg_inf;
+          } else if (rel >= nl) {
+            prow[j] = any_far ? far[i * P + j] : neg_inf;
+          }
+        }
+        float mx = neg_inf;
+        for (int64_t j = 0; j < width; ++j) mx = std::max(mx, row[j]);
+        float sum = 0.0f;
+        for (int64_t j = 0; j < width; ++j) {
+          row[j] = row[j] == neg_inf ? 0.0f : std::exp(row[j] - mx);
+          sum += row[j];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < width; ++j) row[j] *= inv;
+      }
+      float* oh = out + h * head_dim_;
+      if (ng > 0) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, head_dim_, ng, 1.0f, s.data(),
+                    width, vg + g * head_dim_, kv_dim_, 0.0f, oh, q_dim_);
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, head_dim_, P, 1.0f, sp, width,
+                  pv0 + g * head_dim_, kv_dim_, ng > 0 ? 1.0f : 0.0f, oh, q_dim_);
+      // Local scores: the mass each local key received from this chunk's queries.
+      for (int64_t j = 0; j < P; ++j) {
+        float mass = 0.0f;
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t rel = (start + i) - (p0_ + j);
+          if (rel >= 0 && rel < nl) mass += sp[i * width + j];
+        }
+        ps0[j * heads_ + h] += mass;
+      }
+    }
+  }
+}
+
+absl::Status LayerMemory::Commit() {
+  const int64_t n_init = config_.n_init;
+  // a. Fill init from the oldest pending tokens while it has room and more than n_local
+  //    tokens are pending.
+  const int64_t move = std::min(n_init - init_size(), (end_ - p0_) - n_local_);
+  if (move > 0) {
+    // b. The first time (a) runs: the question vector, from the scores at this moment.
+    if (!init_ran_ && question_.has_value()) {
+      if (question_->end > end_) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the question span [", question_->begin, ", ", question_->end,
+                         ") must be processed before the attention sinks fill (after token ", end_,
+                         "): put the question at the start of the first prefill call"));
+      }
+      ComputeQuestionVector();
+    }
+    init_ran_ = true;
+    init_k_.insert(init_k_.end(), pk(0), pk(0) + move * kv_dim_);
+    init_v_.insert(init_v_.end(), pv(0), pv(0) + move * kv_dim_);
+    PopPending(move);
+  }
+  // c. Cut blocks while the tokens older than the window number at least block_size.
+  while ((end_ - p0_) - config_.block_size >= n_local_) RETURN_IF_ERROR(CutBlock());
+  // 6. The window needs no trimming: local keys are chosen by distance.
+  return absl::OkStatus();
+}
+
+void LayerMemory::ComputeQuestionVector() {
+  const int64_t qs = question_->begin, nq = question_->end - question_->begin;
+  // Before the first commit nothing has left pending, so token t sits at pending index t - p0_.
+  QLLM_CHECK(qs >= p0_);
+  std::vector<float> rotated = question_q_;
+  std::vector<int64_t> fixed(nq, n_local_ - 1);
+  Rotate(rotated.data(), nq, heads_, head_dim_, q_dim_, fixed.data(), inv_freq_);
+  question_vector_.assign(q_dim_, 0.0f);
+  std::vector<int64_t> top;
+  for (int64_t h = 0; h < heads_; ++h) {
+    TopIndices(ps(qs - p0_) + h, nq, heads_, config_.repr_topk, &top);
+    float* qh = &question_vector_[h * head_dim_];
+    for (int64_t t : top) {
+      for (int64_t d = 0; d < head_dim_; ++d) qh[d] += rotated[t * q_dim_ + h * head_dim_ + d];
+    }
+    for (int64_t d = 0; d < head_dim_; ++d) qh[d] /= static_cast<float>(top.size());
+  }
+  question_q_ = {};
+}
+
+absl::Status LayerMemory::CutBlock() {
+  const int64_t bs = config_.block_size;
+  const int32_t b = num_blocks();
+  RETURN_IF_ERROR(storage_->Put(BlockId{session_, layer_, b},
+                                std::span<const float>(pk(0), bs * kv_dim_),
+                                std::span<const float>(pv(0), bs * kv_dim_)));
+  // R_b[h]: mean pre-RoPE key (kv head h / G) of the block's repr_topk highest-scoring tokens.
+  const size_t base = reprs_.size();
+  reprs_.resize(base + q_dim_, 0.0f);
+  std::vector<int64_t> top;
+  for (int64_t h = 0; h < heads_; ++h) {
+    TopIndices(ps(0) + h, bs, heads_, config_.repr_topk, &top);
+    float* r = &reprs_[base + h * head_dim_];
+    const int64_t g = h / group_;
+    for (int64_t t : top) {
+      const float* k = pk(t) + g * head_dim_;
+      for (int64_t d = 0; d < head_dim_; ++d) r[d] += k[d];
+    }
+    for (int64_t d = 0; d < head_dim_; ++d) r[d] /= static_cast<float>(top.size());
+  }
+  block_start_.push_back(p0_);
+  PopPending(bs);
+  return absl::OkStatus();
+}
+
+void LayerMemory::PopPending(int64_t count) {
+  pb_ += count;
+  p0_ += count;
+}
+
+}  // namespace qllm::worker

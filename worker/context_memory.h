@@ -1,0 +1,118 @@
+// The Q-LLM context memory of one attention layer for one session: attention sinks (init), a
+// local window, memory blocks with representative vectors, pending tokens with local scores,
+// and the question vector. Implements docs/qllm-algorithm.md step by step; the PyTorch
+// reference of the same page (tools/reference/qllm_ref.py) is what the tests compare against.
+#ifndef QLLM_WORKER_CONTEXT_MEMORY_H_
+#define QLLM_WORKER_CONTEXT_MEMORY_H_
+
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "worker/block_storage.h"
+#include "worker/memory_config.h"
+
+namespace qllm::worker {
+
+// Token span [begin, end) of the question in absolute positions.
+struct QuestionSpan {
+  int64_t begin = 0;
+  int64_t end = 0;
+};
+
+// What retrieval chose for one layer in one execution chunk.
+struct ChunkSelection {
+  int32_t layer = 0;
+  int64_t chunk_begin = 0;  // Token positions [chunk_begin, chunk_end) of the chunk.
+  int64_t chunk_end = 0;
+  int32_t candidates = 0;             // Blocks that existed (B) when the chunk retrieved.
+  std::vector<int32_t> blocks;        // Selected block ids, best first.
+  std::vector<float> scores;          // Their scores.
+  std::vector<int64_t> block_starts;  // First token position of each selected block.
+};
+
+struct LayerShape {
+  int32_t heads = 0;
+  int32_t kv_heads = 0;
+  int32_t head_dim = 0;
+};
+
+class LayerMemory {
+ public:
+  // `storage` and `inv_freq` (head_dim / 2 RoPE frequencies) must outlive this object.
+  // REQUIRES: config.Validate() is OK and config.uses_memory().
+  LayerMemory(const MemoryConfig& config, const LayerShape& shape, int32_t layer, uint64_t session,
+              std::optional<QuestionSpan> question, BlockStorage* storage, const double* inv_freq);
+  LayerMemory(const LayerMemory&) = delete;
+  LayerMemory& operator=(const LayerMemory&) = delete;
+
+  // Processes one execution chunk of n tokens at positions [start, start + n): `qkv` holds
+  // their pre-RoPE projections (row i at qkv + i * qkv_stride: q (heads * head_dim), then k and
+  // v (kv_heads * head_dim each)). Writes the attention output to out[n, heads * head_dim] and,
+  // when `record` is non-null, appends the chunk's selection.
+  // REQUIRES: start equals the number of tokens processed so far; n <= exc_block_size.
+  // Errors: INVALID_ARGUMENT when the question span has not been processed by the time the
+  // question vector must be formed; the errors of the block storage.
+  absl::Status Process(const float* qkv, int64_t qkv_stride, int64_t n, int64_t start, float* out,
+                       std::vector<ChunkSelection>* record);
+
+  int64_t tokens() const { return end_; }
+  int32_t num_blocks() const { return static_cast<int32_t>(block_start_.size()); }
+  int64_t init_size() const { return static_cast<int64_t>(init_k_.size()) / kv_dim_; }
+  int64_t pending_size() const { return end_ - p0_; }
+  bool has_question_vector() const { return !question_vector_.empty(); }
+  const std::vector<float>& question_vector() const { return question_vector_; }
+  // Bytes held in host memory by this layer (block K/V live in the storage, not here).
+  int64_t MemoryBytes() const;
+
+ private:
+  void AppendPending(const float* qkv, int64_t stride, int64_t n, int64_t start);
+  void Retrieve(const float* q_glob, int64_t n, std::vector<int32_t>* ids,
+                std::vector<float>* scores) const;
+  void Attend(const float* q_loc, const float* q_glob, int64_t n, int64_t start, int64_t ng,
+              float* out);
+  absl::Status Commit();
+  void ComputeQuestionVector();
+  absl::Status CutBlock();
+  void PopPending(int64_t count);
+  // Pointers to pending token t (t counted from the first pending token).
+  float* pk(int64_t t) { return pk_.data() + (pb_ + t) * kv_dim_; }
+  float* pkr(int64_t t) { return pkr_.data() + (pb_ + t) * kv_dim_; }
+  float* pv(int64_t t) { return pv_.data() + (pb_ + t) * kv_dim_; }
+  float* ps(int64_t t) { return ps_.data() + (pb_ + t) * heads_; }
+
+  const MemoryConfig config_;
+  const int32_t layer_;
+  const uint64_t session_;
+  const std::optional<QuestionSpan> question_;
+  BlockStorage* const storage_;
+  const double* const inv_freq_;
+  const int64_t heads_, kv_heads_, head_dim_, group_, q_dim_, kv_dim_;
+  const float scale_;
+  const float w_;  // Effective question weight.
+  const int64_t n_local_;
+  const bool pending_global_;  // Pending tokens beyond the window are global keys.
+  const int32_t topk_;         // 0 in streaming mode.
+
+  // init: pre-RoPE keys and values of the attention sinks, [init_size, kv_dim].
+  std::vector<float> init_k_, init_v_;
+  // Pending tokens: positions [p0_, end_); arrays indexed from pb_.
+  int64_t p0_ = 0, end_ = 0, pb_ = 0;
+  std::vector<float> pk_, pkr_, pv_, ps_;  // Pre-RoPE K, K rotated at its position, V, scores.
+  // Memory blocks: first position of each, representative vectors [B, q_dim].
+  std::vector<int64_t> block_start_;
+  std::vector<float> reprs_;
+  // Question: pre-RoPE queries of the span's tokens until Q is formed; then Q [q_dim].
+  std::vector<float> question_q_;
+  std::vector<float> question_vector_;
+  bool init_ran_ = false;
+  // Scratch reused across chunks.
+  std::vector<float> global_k_, global_v_;
+  std::vector<int64_t> glob_positions_;
+};
+
+}  // namespace qllm::worker
+
+#endif  // QLLM_WORKER_CONTEXT_MEMORY_H_
