@@ -25,37 +25,44 @@ absl::Status CausalAttentionRef(const CausalAttentionParams& p) {
   if (absl::Status s = p.Validate(); !s.ok()) return s;
   if (p.n_q == 0) return absl::OkStatus();
   const int64_t group = p.heads / p.kv_heads;
-  const int64_t n_kv = p.q_offset + p.n_q;  // Keys beyond the last query are never visible.
+  // Queries go in tiles so the score scratch stays bounded (kTile x keys per thread).
+  constexpr int64_t kTile = 256;
+  const int64_t tiles = (p.n_q + kTile - 1) / kTile;
 #pragma omp parallel
   {
     std::vector<float> scores;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for collapse(2) schedule(dynamic, 1)
     for (int64_t h = 0; h < p.heads; ++h) {
-      const int64_t g = h / group;
-      const float* qh = p.q + h * p.head_dim;
-      const float* kg = p.k + g * p.head_dim;
-      const float* vg = p.v + g * p.head_dim;
-      float* oh = p.out + h * p.head_dim;
-      scores.resize(p.n_q * n_kv);
-      // scores[i, j] = scale * q_i . k_j (BLAS runs single-threaded inside this region).
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p.n_q, n_kv, p.head_dim, p.scale, qh,
-                  p.q_stride, kg, p.kv_stride, 0.0f, scores.data(), n_kv);
-      for (int64_t i = 0; i < p.n_q; ++i) {
-        float* row = scores.data() + i * n_kv;
-        const int64_t visible = p.q_offset + i + 1;
-        float max_v = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < visible; ++j) max_v = std::max(max_v, row[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < visible; ++j) {
-          row[j] = std::exp(row[j] - max_v);
-          sum += row[j];
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t i0 = t * kTile, rows = std::min(kTile, p.n_q - i0);
+        const int64_t g = h / group;
+        const float* qh = p.q + i0 * p.q_stride + h * p.head_dim;
+        const float* kg = p.k + g * p.head_dim;
+        const float* vg = p.v + g * p.head_dim;
+        float* oh = p.out + i0 * p.out_stride + h * p.head_dim;
+        // Keys beyond the tile's last query are never visible to it.
+        const int64_t n_kv = p.q_offset + i0 + rows;
+        scores.resize(rows * n_kv);
+        // scores[i, j] = scale * q_i . k_j (BLAS runs single-threaded inside this region).
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_kv, p.head_dim, p.scale, qh,
+                    p.q_stride, kg, p.kv_stride, 0.0f, scores.data(), n_kv);
+        for (int64_t i = 0; i < rows; ++i) {
+          float* row = scores.data() + i * n_kv;
+          const int64_t visible = p.q_offset + i0 + i + 1;
+          float max_v = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j < visible; ++j) max_v = std::max(max_v, row[j]);
+          float sum = 0.0f;
+          for (int64_t j = 0; j < visible; ++j) {
+            row[j] = std::exp(row[j] - max_v);
+            sum += row[j];
+          }
+          const float inv = 1.0f / sum;
+          for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
+          std::fill(row + visible, row + n_kv, 0.0f);
         }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
-        std::fill(row + visible, row + n_kv, 0.0f);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, p.head_dim, n_kv, 1.0f,
+                    scores.data(), n_kv, vg, p.kv_stride, 0.0f, oh, p.out_stride);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p.n_q, p.head_dim, n_kv, 1.0f,
-                  scores.data(), n_kv, vg, p.kv_stride, 0.0f, oh, p.out_stride);
     }
   }
   return absl::OkStatus();

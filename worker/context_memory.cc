@@ -203,13 +203,14 @@ void LayerMemory::Attend(const float* q_loc, const float* q_glob, int64_t n, int
   float* ps0 = ps(0);
 #pragma omp parallel
   {
-    std::vector<float> s(n * width), far(any_far ? n * P : 0);
+    std::vector<float> s(n * width), far(any_far ? n * P : 0), mass(P);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t h = 0; h < heads_; ++h) {
       const int64_t g = h / group_;
       const float* qg = q_glob + h * head_dim_;
       const float* ql = q_loc + h * head_dim_;
       float* sp = s.data() + ng;  // Pending part of each row.
+      std::fill(mass.begin(), mass.end(), 0.0f);
       if (ng > 0) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ng, head_dim_, scale_, qg, q_dim_,
                     kg + g * head_dim_, kv_dim_, 0.0f, s.data(), width);
@@ -220,26 +221,30 @@ void LayerMemory::Attend(const float* q_loc, const float* q_glob, int64_t n, int
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, P, head_dim_, scale_, qg, q_dim_,
                     pk0 + g * head_dim_, kv_dim_, 0.0f, far.data(), P);
       }
+      // For query i, pending key j is local for j in [lo_i, hi_i] (distance < n_local),
+      // global ("far") below lo_i, and in the future above hi_i.
       for (int64_t i = 0; i < n; ++i) {
         float* row = s.data() + i * width;
         float* prow = row + ng;
-        for (int64_t j = 0; j < P; ++j) {
-          const int64_t rel = (start + i) - (p0_ + j);
-          if (rel < 0) {
-            prow[j] = neg_inf;
-          } else if (rel >= nl) {
-            prow[j] = any_far ? far[i * P + j] : neg_inf;
-          }
-        }
+        const int64_t hi = start + i - p0_;
+        const int64_t lo = std::max<int64_t>(0, hi - nl + 1);
+        const int64_t far_end = any_far ? lo : 0;
+        std::copy(far.data() + i * P, far.data() + i * P + far_end, prow);
+        std::fill(prow + far_end, prow + lo, neg_inf);
+        std::fill(prow + hi + 1, prow + P, 0.0f);
+        // Softmax over [0, ng + hi]; entries at -inf become 0.
+        const int64_t live = ng + hi + 1;
         float mx = neg_inf;
-        for (int64_t j = 0; j < width; ++j) mx = std::max(mx, row[j]);
+        for (int64_t j = 0; j < live; ++j) mx = std::max(mx, row[j]);
         float sum = 0.0f;
-        for (int64_t j = 0; j < width; ++j) {
-          row[j] = row[j] == neg_inf ? 0.0f : std::exp(row[j] - mx);
+        for (int64_t j = 0; j < live; ++j) {
+          row[j] = std::exp(row[j] - mx);
           sum += row[j];
         }
         const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < width; ++j) row[j] *= inv;
+        for (int64_t j = 0; j < live; ++j) row[j] *= inv;
+        // Local scores: the mass each local key received (step 4).
+        for (int64_t j = lo; j <= hi; ++j) mass[j] += prow[j];
       }
       float* oh = out + h * head_dim_;
       if (ng > 0) {
@@ -248,15 +253,7 @@ void LayerMemory::Attend(const float* q_loc, const float* q_glob, int64_t n, int
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, head_dim_, P, 1.0f, sp, width,
                   pv0 + g * head_dim_, kv_dim_, ng > 0 ? 1.0f : 0.0f, oh, q_dim_);
-      // Local scores: the mass each local key received from this chunk's queries.
-      for (int64_t j = 0; j < P; ++j) {
-        float mass = 0.0f;
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t rel = (start + i) - (p0_ + j);
-          if (rel >= 0 && rel < nl) mass += sp[i * width + j];
-        }
-        ps0[j * heads_ + h] += mass;
-      }
+      for (int64_t j = 0; j < P; ++j) ps0[j * heads_ + h] += mass[j];
     }
   }
 }
