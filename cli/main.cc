@@ -15,11 +15,25 @@
 ABSL_FLAG(std::string, model, "", "Model directory (config.json + safetensors)");
 ABSL_FLAG(std::string, prompt_ids, "", "Comma-separated prompt token ids");
 ABSL_FLAG(int32_t, max_new_tokens, 32, "Tokens to generate");
-ABSL_FLAG(int64_t, chunk_size, 512, "Prefill chunk size in tokens");
+ABSL_FLAG(int64_t, chunk_size, 512,
+          "Prefill chunk size in tokens (a multiple of exc_block_size with a context memory)");
 ABSL_FLAG(float, temperature, 0.0f, "Sampling temperature; 0 is greedy");
 ABSL_FLAG(int32_t, top_k, 0, "Top-k filter; 0 disables");
 ABSL_FLAG(float, top_p, 1.0f, "Nucleus filter in (0, 1]");
 ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
+ABSL_FLAG(std::string, memory_config, "",
+          "Reference-style YAML config (model: {type: qllm, n_init: ...}); overrides the "
+          "individual memory flags");
+ABSL_FLAG(std::string, mode, "full", "Attention mode: full, streaming, infllm, qllm");
+ABSL_FLAG(int32_t, n_init, 128, "Attention-sink tokens");
+ABSL_FLAG(int32_t, n_local, 512, "Local window in tokens");
+ABSL_FLAG(int32_t, block_size, 64, "Tokens per memory block");
+ABSL_FLAG(int32_t, topk, 8, "Blocks retrieved per execution chunk");
+ABSL_FLAG(int32_t, repr_topk, 4, "Representative tokens per block");
+ABSL_FLAG(int32_t, exc_block_size, 512, "Execution chunk in tokens");
+ABSL_FLAG(float, question_weight, 4.0f, "Weight of the question term (qllm)");
+ABSL_FLAG(int64_t, question_begin, -1, "First token of the question span (qllm)");
+ABSL_FLAG(int64_t, question_end, -1, "One past the last token of the question span (qllm)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -46,6 +60,35 @@ int main(int argc, char** argv) {
     cmd.sampling.top_k = absl::GetFlag(FLAGS_top_k);
     cmd.sampling.top_p = absl::GetFlag(FLAGS_top_p);
     cmd.sampling.seed = absl::GetFlag(FLAGS_seed);
+    qllm::worker::MemoryConfig& m = cmd.session.memory;
+    if (!absl::GetFlag(FLAGS_memory_config).empty()) {
+      auto config = qllm::worker::LoadMemoryConfig(absl::GetFlag(FLAGS_memory_config));
+      if (!config.ok()) {
+        std::cerr << "qllmctl generate: " << config.status() << "\n";
+        return 1;
+      }
+      m = *config;
+      cmd.chunk_size = m.chunk_size;
+    } else {
+      auto mode = qllm::worker::ParseAttentionMode(absl::GetFlag(FLAGS_mode));
+      if (!mode.ok()) {
+        std::cerr << "qllmctl generate: " << mode.status() << "\n";
+        return 2;
+      }
+      m.mode = *mode;
+      m.n_init = absl::GetFlag(FLAGS_n_init);
+      m.n_local = absl::GetFlag(FLAGS_n_local);
+      m.block_size = absl::GetFlag(FLAGS_block_size);
+      m.topk = absl::GetFlag(FLAGS_topk);
+      m.repr_topk = absl::GetFlag(FLAGS_repr_topk);
+      m.exc_block_size = absl::GetFlag(FLAGS_exc_block_size);
+      m.question_weight = absl::GetFlag(FLAGS_question_weight);
+      m.chunk_size = static_cast<int32_t>(cmd.chunk_size);
+    }
+    if (absl::GetFlag(FLAGS_question_end) >= 0) {
+      cmd.session.question = qllm::worker::QuestionSpan{absl::GetFlag(FLAGS_question_begin),
+                                                         absl::GetFlag(FLAGS_question_end)};
+    }
     status = qllm::cli::ParseIdList(absl::GetFlag(FLAGS_prompt_ids), &cmd.prompt_ids);
     if (status.ok()) status = qllm::cli::RunGenerate(cmd, std::cout);
   } else {

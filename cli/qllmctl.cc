@@ -1,6 +1,7 @@
 #include "cli/qllmctl.h"
 
 #include <iomanip>
+#include <map>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -60,9 +61,28 @@ absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
   options.chunk_size = cmd.chunk_size;
   options.sampling = cmd.sampling;
   options.stop_tokens = shard->config().eos_token_ids;
+  worker::InMemoryBlockStorage storage;
+  options.session = cmd.session;
+  options.session.storage = &storage;
+  options.session.record_selections = true;
   ASSIGN_OR_RETURN(coordinator::GenerateResult r,
                    coordinator::Generate(*pipeline, cmd.prompt_ids, options));
+  out << "mode: " << worker::AttentionModeName(cmd.session.memory.mode) << "\n";
   out << "generated: " << absl::StrJoin(r.tokens, " ") << "\n";
+  if (!r.selections.empty()) {
+    // The evidence of the last chunk of each layer: which blocks (token ranges) it attended.
+    std::map<int32_t, const worker::ChunkSelection*> last;
+    for (const auto& sel : r.selections) last[sel.layer] = &sel;
+    for (const auto& [layer, sel] : last) {
+      out << "layer " << layer << " retrieved " << sel->blocks.size() << " of "
+          << sel->candidates << " blocks:";
+      for (size_t i = 0; i < sel->blocks.size(); ++i) {
+        out << " [" << sel->block_starts[i] << ", "
+            << sel->block_starts[i] + cmd.session.memory.block_size << ")";
+      }
+      out << "\n";
+    }
+  }
   out << std::fixed << std::setprecision(1) << "prefill: " << r.prompt_tokens << " tokens, "
       << r.prompt_tokens / std::max(r.prefill_seconds, 1e-9)
       << " tokens/s; decode: " << r.tokens.size() << " tokens, "

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "model/sampler.h"
+#include "worker/model_shard.h"
 
 namespace qllm::cli {
 
@@ -22,6 +23,8 @@ struct GenerateCommand {
   int32_t max_new_tokens = 32;
   int64_t chunk_size = 512;
   model::SamplingOptions sampling;
+  // Attention mode and Q-LLM parameters (the block storage is provided by RunGenerate).
+  worker::SessionOptions session;
 };
 
 // Loads the model, generates, and prints the token ids and timings.

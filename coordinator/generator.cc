@@ -34,7 +34,7 @@ absl::StatusOr<GenerateResult> Generate(const LocalPipeline& pipeline,
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
   GenerateResult result;
   result.prompt_tokens = static_cast<int64_t>(prompt.size());
-  auto session = pipeline.NewSession();
+  ASSIGN_OR_RETURN(auto session, pipeline.NewSession(options.session));
   std::vector<float> logits;
   Stopwatch watch;
   RETURN_IF_ERROR(pipeline.Prefill(session.get(), prompt, options.chunk_size,
@@ -62,6 +62,7 @@ absl::StatusOr<GenerateResult> Generate(const LocalPipeline& pipeline,
     RETURN_IF_ERROR(pipeline.RunChunk(session.get(), input, /*all_logits=*/false, &logits));
   }
   result.decode_seconds = watch.Seconds();
+  result.selections = session->Selections();
   return result;
 }
 

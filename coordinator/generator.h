@@ -23,6 +23,8 @@ struct GenerateOptions {
   // Generation stops after emitting any of these (the stop token is included in the output).
   // Default: none; callers usually pass the model's eos ids.
   std::vector<int32_t> stop_tokens;
+  // Attention mode, Q-LLM parameters, question span and block storage. Default: full.
+  worker::SessionOptions session;
 
   absl::Status Validate(int32_t vocab_size) const;
 };
@@ -35,6 +37,9 @@ struct GenerateResult {
   int64_t prompt_tokens = 0;
   double prefill_seconds = 0.0;
   double decode_seconds = 0.0;
+  // Retrieval evidence: the blocks each layer selected in each execution chunk (when
+  // session.record_selections is set).
+  std::vector<worker::ChunkSelection> selections;
 };
 
 // Called with each generated token; returning false stops generation.
