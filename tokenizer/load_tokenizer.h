@@ -1,0 +1,26 @@
+// Factory that opens the tokenizer of a model directory.
+#ifndef QLLM_TOKENIZER_LOAD_TOKENIZER_H_
+#define QLLM_TOKENIZER_LOAD_TOKENIZER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "tokenizer/tokenizer.h"
+
+namespace qllm::tokenizer {
+
+// Opens the tokenizer in `model_dir`:
+//  - tokenizer.json with a byte-level BPE model (Llama-3) -> BpeTokenizer; bos/eos come from
+//    tokenizer_config.json ("bos_token"/"eos_token", string or {"content": ...}) when present;
+//  - otherwise tokenizer.model (SentencePiece; Mistral, Llama-2) -> SentencePieceTokenizer.
+// A tokenizer.json that is not byte-level (e.g. Mistral's converted one) is skipped when a
+// tokenizer.model sits beside it.
+// Returns kNotFound when neither file exists, kUnimplemented when only an unsupported
+// tokenizer.json exists, and the loaders' errors otherwise (kInvalidArgument for malformed
+// files), prefixed with the path.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& model_dir);
+
+}  // namespace qllm::tokenizer
+
+#endif  // QLLM_TOKENIZER_LOAD_TOKENIZER_H_
