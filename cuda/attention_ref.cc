@@ -1,11 +1,10 @@
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "cuda/attention.h"
+#include "cuda/gemm.h"
 
 namespace qllm::cuda {
 
@@ -44,8 +43,8 @@ absl::Status CausalAttentionRef(const CausalAttentionParams& p) {
         const int64_t n_kv = p.q_offset + i0 + rows;
         scores.resize(rows * n_kv);
         // scores[i, j] = scale * q_i . k_j (BLAS runs single-threaded inside this region).
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_kv, p.head_dim, p.scale, qh,
-                    p.q_stride, kg, p.kv_stride, 0.0f, scores.data(), n_kv);
+        Sgemm(true, rows, n_kv, p.head_dim, p.scale, qh, p.q_stride, kg, p.kv_stride, 0.0f,
+              scores.data(), n_kv);
         for (int64_t i = 0; i < rows; ++i) {
           float* row = scores.data() + i * n_kv;
           const int64_t visible = p.q_offset + i0 + i + 1;
@@ -60,8 +59,8 @@ absl::Status CausalAttentionRef(const CausalAttentionParams& p) {
           for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
           std::fill(row + visible, row + n_kv, 0.0f);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, p.head_dim, n_kv, 1.0f,
-                    scores.data(), n_kv, vg, p.kv_stride, 0.0f, oh, p.out_stride);
+        Sgemm(false, rows, p.head_dim, n_kv, 1.0f, scores.data(), n_kv, vg, p.kv_stride, 0.0f, oh,
+              p.out_stride);
       }
     }
   }

@@ -24,7 +24,12 @@ struct GemmParams {
   absl::Status Validate() const;
 };
 
+// CPU backend. A single-row product (m == 1, decode) runs as sgemv.
 absl::Status GemmRef(const GemmParams& p);
+
+// GemmRef for callers that have already validated their shapes (hot loops inside kernels).
+void Sgemm(bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
 // Shorthand for the common case y[m, n] = x[m, k] * w[n, k]^T with dense rows.
 absl::Status MatMulNT(const float* x, const float* w, float* y, int64_t m, int64_t n, int64_t k);

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "cuda/gemm.h"
 #include "cuda/rope.h"
 
 namespace qllm::worker {
@@ -212,14 +213,14 @@ void LayerMemory::Attend(const float* q_loc, const float* q_glob, int64_t n, int
       float* sp = s.data() + ng;  // Pending part of each row.
       std::fill(mass.begin(), mass.end(), 0.0f);
       if (ng > 0) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ng, head_dim_, scale_, qg, q_dim_,
-                    kg + g * head_dim_, kv_dim_, 0.0f, s.data(), width);
+        cuda::Sgemm(true, n, ng, head_dim_, scale_, qg, q_dim_, kg + g * head_dim_, kv_dim_, 0.0f,
+                    s.data(), width);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, P, head_dim_, scale_, ql, q_dim_,
-                  pkr0 + g * head_dim_, kv_dim_, 0.0f, sp, width);
+      cuda::Sgemm(true, n, P, head_dim_, scale_, ql, q_dim_, pkr0 + g * head_dim_, kv_dim_, 0.0f,
+                  sp, width);
       if (any_far) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, P, head_dim_, scale_, qg, q_dim_,
-                    pk0 + g * head_dim_, kv_dim_, 0.0f, far.data(), P);
+        cuda::Sgemm(true, n, P, head_dim_, scale_, qg, q_dim_, pk0 + g * head_dim_, kv_dim_, 0.0f,
+                    far.data(), P);
       }
       // For query i, pending key j is local for j in [lo_i, hi_i] (distance < n_local),
       // global ("far") below lo_i, and in the future above hi_i.
@@ -248,11 +249,11 @@ void LayerMemory::Attend(const float* q_loc, const float* q_glob, int64_t n, int
       }
       float* oh = out + h * head_dim_;
       if (ng > 0) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, head_dim_, ng, 1.0f, s.data(),
-                    width, vg + g * head_dim_, kv_dim_, 0.0f, oh, q_dim_);
+        cuda::Sgemm(false, n, head_dim_, ng, 1.0f, s.data(), width, vg + g * head_dim_, kv_dim_,
+                    0.0f, oh, q_dim_);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, head_dim_, P, 1.0f, sp, width,
-                  pv0 + g * head_dim_, kv_dim_, ng > 0 ? 1.0f : 0.0f, oh, q_dim_);
+      cuda::Sgemm(false, n, head_dim_, P, 1.0f, sp, width, pv0 + g * head_dim_, kv_dim_,
+                  ng > 0 ? 1.0f : 0.0f, oh, q_dim_);
       for (int64_t j = 0; j < P; ++j) ps0[j * heads_ + h] += mass[j];
     }
   }

@@ -17,6 +17,8 @@
 #include "absl/flags/parse.h"
 #include "common/stopwatch.h"
 #include "coordinator/local_pipeline.h"
+#include "memstore/block_store.h"
+#include "worker/memstore_block_storage.h"
 #include "worker/model_shard.h"
 
 ABSL_FLAG(std::string, mode, "qllm", "full, streaming, infllm or qllm");
@@ -25,6 +27,10 @@ ABSL_FLAG(std::string, setting, "1k",
           "Memory setting of the paper: 512 (n_local 256), 1k (n_local 512), 2k (n_local 1024)");
 ABSL_FLAG(int32_t, layers, 2, "Layers of the random model");
 ABSL_FLAG(int32_t, hidden, 256, "Hidden size of the random model (head_dim 64)");
+ABSL_FLAG(std::string, store_dir, "",
+          "Keep memory blocks in the RocksDB memory store in this (fresh) directory instead of "
+          "host memory");
+ABSL_FLAG(int64_t, host_cache_mb, 64, "Host-memory LRU of the RocksDB store, in MiB");
 
 namespace qllm {
 namespace {
@@ -89,7 +95,25 @@ int Run() {
     std::fprintf(stderr, "%s\n", pipeline.status().ToString().c_str());
     return 1;
   }
-  worker::InMemoryBlockStorage storage;
+  worker::InMemoryBlockStorage host_storage;
+  std::unique_ptr<memstore::BlockStore> store;
+  std::unique_ptr<worker::MemstoreBlockStorage> disk_storage;
+  worker::BlockStorage* storage = &host_storage;
+  if (!absl::GetFlag(FLAGS_store_dir).empty()) {
+    memstore::BlockStoreOptions o;
+    o.path = absl::GetFlag(FLAGS_store_dir);
+    o.model_fingerprint = "scaling-bench";
+    o.host_cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_host_cache_mb)) << 20;
+    o.write_buffer_bytes = size_t{16} << 20;
+    auto opened = memstore::BlockStore::Open(o);
+    if (!opened.ok()) {
+      std::fprintf(stderr, "%s\n", opened.status().ToString().c_str());
+      return 1;
+    }
+    store = std::move(opened).value();
+    disk_storage = std::make_unique<worker::MemstoreBlockStorage>(store.get(), 1);
+    storage = disk_storage.get();
+  }
   worker::SessionOptions options;
   options.memory = Setting(absl::GetFlag(FLAGS_setting));
   auto mode = worker::ParseAttentionMode(absl::GetFlag(FLAGS_mode));
@@ -99,7 +123,7 @@ int Run() {
   }
   options.memory.mode = *mode;
   options.question = worker::QuestionSpan{1, 33};
-  options.storage = &storage;
+  options.storage = storage;
   auto session = (*pipeline)->NewSession(options);
   if (!session.ok()) {
     std::fprintf(stderr, "%s\n", session.status().ToString().c_str());
@@ -135,11 +159,13 @@ int Run() {
   std::printf(
       "{\"mode\": \"%s\", \"setting\": \"%s\", \"tokens\": %ld, \"seconds\": %.2f, "
       "\"us_per_token\": %.2f, \"us_per_token_last_quarter\": %.2f, \"peak_rss_mb\": %.1f, "
-      "\"host_attention_state_mb\": %.1f, \"block_store_mb\": %.1f}\n",
+      "\"host_attention_state_mb\": %.1f, \"block_store_mb\": %.1f, \"store\": \"%s\"}\n",
       absl::GetFlag(FLAGS_mode).c_str(), absl::GetFlag(FLAGS_setting).c_str(), static_cast<long>(n),
       seconds, 1e6 * seconds / n, 1e6 * last_quarter / std::max<int64_t>(last_quarter_tokens, 1),
       usage.ru_maxrss / 1024.0, (*session)->stages[0]->KvBytes() / 1048576.0,
-      storage.bytes() / 1048576.0);
+      (store ? static_cast<double>(store->GetStats().disk.bytes) : host_storage.bytes()) /
+          1048576.0,
+      store ? "rocksdb" : "host");
   return 0;
 }
 

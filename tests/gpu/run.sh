@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The GPU check in one command: configure and build the CUDA backend in build-gpu, run the
+# GPU parity tests (ctest -L gpu), then a short CPU benchmark for reference, and print a
+# summary table last. Takes about 3-5 minutes on a 16-core H100 machine.
+#
+#   tests/gpu/run.sh
+#
+# Environment (all optional):
+#   BUILD_DIR      build tree. Default: <repo>/build-gpu
+#   CUDA_ARCHS     CMAKE_CUDA_ARCHITECTURES. Default: 90 (H100)
+#   JOBS           build parallelism. Default: nproc
+#   RUN_BENCH      0 skips the CPU benchmark. Default: 1
+#   REQUIRE_GPU    1: fail when the GPU tests skip; 0: allow skipping; default: 1 when
+#                  nvidia-smi lists a GPU, else 0
+#
+# Exit status: non-zero when the build or a GPU test fails (or the tests skip although a GPU
+# is listed). A failing benchmark is reported in the table but does not fail the run.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$ROOT/build-gpu}
+CUDA_ARCHS=${CUDA_ARCHS:-90}
+JOBS=${JOBS:-$(nproc)}
+RUN_BENCH=${RUN_BENCH:-1}
+LOG_DIR=$BUILD_DIR/gpu-run
+START=$SECONDS
+
+section() { echo; echo "== $* ($((SECONDS - START)) s)"; }
+
+gpu_list=
+if command -v nvidia-smi > /dev/null 2>&1; then
+  gpu_list=$(nvidia-smi -L 2>&1 || true)
+  section "nvidia-smi -L"
+  echo "$gpu_list"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
+else
+  section "nvidia-smi not found"
+fi
+if [[ -z ${REQUIRE_GPU:-} ]]; then
+  REQUIRE_GPU=0
+  if grep -q '^GPU ' <<< "$gpu_list"; then REQUIRE_GPU=1; fi
+fi
+
+section "configure $BUILD_DIR (CUDA archs $CUDA_ARCHS)"
+mkdir -p "$LOG_DIR"
+cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQLLM_WITH_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" -DQLLM_BUILD_TESTS=ON -DQLLM_BUILD_BENCH=ON 2>&1 |
+  tee "$LOG_DIR/configure.log"
+if ! grep -q 'QLLM: CUDA backend ON' "$LOG_DIR/configure.log"; then
+  echo "run.sh: CMake did not enable the CUDA backend (nvcc missing?); see configure.log" >&2
+  exit 1
+fi
+
+section "build ops_gpu_test qllm_cpu_bench (-j$JOBS)"
+cmake --build "$BUILD_DIR" --target ops_gpu_test qllm_cpu_bench -j "$JOBS"
+
+section "ctest -L gpu"
+set +e
+(cd "$BUILD_DIR" && ctest -L gpu --output-on-failure --no-tests=error --timeout 300) 2>&1 |
+  tee "$LOG_DIR/ctest.log"
+ctest_rc=${PIPESTATUS[0]}
+set -e
+summary=$(grep -E 'tests passed' "$LOG_DIR/ctest.log" | tail -1 || true)
+skipped=$(grep -c '(Skipped)' "$LOG_DIR/ctest.log" || true)
+gpu_status=ok
+if [[ $ctest_rc -ne 0 ]]; then
+  gpu_status="FAILED (rc $ctest_rc)"
+elif [[ $skipped -gt 0 && $REQUIRE_GPU -eq 1 ]]; then
+  gpu_status="FAILED: $skipped tests skipped although a GPU is expected (REQUIRE_GPU=1)"
+elif [[ $skipped -gt 0 ]]; then
+  gpu_status="skipped (no usable CUDA device)"
+fi
+skip_reason=
+if [[ $skipped -gt 0 ]]; then
+  # ctest hides the output of skipped tests; the reason is the first line after "Skipped".
+  skip_reason=$("$BUILD_DIR/tests/gpu/ops_gpu_test" --gtest_filter='OpsGpuTest.AddMatchesRef' 2>&1 |
+    grep -A1 ': Skipped' | tail -1 || true)
+fi
+
+bench_status=skipped
+if [[ $RUN_BENCH -eq 1 ]]; then
+  section "CPU benchmark (short run)"
+  set +e
+  timeout 300 "$ROOT/bench/cpu/run_cpu_bench.sh" --build-dir "$BUILD_DIR" --prompt-len 2048 \
+    --chunk 512 --decode 32 --repeats 2 --torch-repeats 1 --out "$LOG_DIR" 2>&1 |
+    tee "$LOG_DIR/bench.log"
+  bench_rc=${PIPESTATUS[0]}
+  set -e
+  bench_status=ok
+  [[ $bench_rc -eq 0 ]] || bench_status="FAILED (rc $bench_rc, see $LOG_DIR/bench.log)"
+fi
+
+section "summary"
+printf '  %-26s %s\n' "GPU" "$(grep -m1 '^GPU ' <<< "$gpu_list" || echo none listed)"
+printf '  %-26s %s\n' "CUDA archs" "$CUDA_ARCHS"
+printf '  %-26s %s\n' "GPU tests (ctest -L gpu)" \
+  "$gpu_status; ${summary:-no summary}, $skipped skipped"
+[[ -z $skip_reason ]] || printf '  %-26s %s\n' "skip reason" "$skip_reason"
+printf '  %-26s %s\n' "CPU benchmark" "$bench_status"
+if [[ $bench_status == ok ]]; then
+  # The benchmark's own table (its last lines).
+  sed -n '/^CPU benchmark:/,$p' "$LOG_DIR/bench.log" | sed 's/^/  /'
+fi
+printf '  %-26s %s\n' "wall time" "$((SECONDS - START)) s; logs in $LOG_DIR"
+[[ $gpu_status == ok || $gpu_status == skipped* ]]
