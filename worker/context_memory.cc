@@ -66,7 +66,7 @@ LayerMemory::LayerMemory(const MemoryConfig& config, const LayerShape& shape, in
       scale_(static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim)))),
       w_(config.effective_question_weight()),
       n_local_(config.n_local),
-      pending_global_(config.mode != AttentionMode::kStreaming),
+      pending_global_(config.mode != AttentionMode::kStreaming && config.far_pending_global),
       topk_(config.mode == AttentionMode::kStreaming ? 0 : config.topk) {
   QLLM_CHECK(config.uses_memory());
   if (question_.has_value()) {

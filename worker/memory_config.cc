@@ -147,9 +147,6 @@ absl::Status MemoryConfig::Validate() const {
   if (!std::isfinite(question_weight) || question_weight < 0.0f) {
     return Invalid(absl::StrCat("question_weight must be finite and >= 0, got ", question_weight));
   }
-  if (mode == AttentionMode::kQllm && question_weight == 0.0f) {
-    return Invalid("qllm mode needs question_weight > 0 (use infllm for w = 0)");
-  }
   if (mode == AttentionMode::kQllm && n_init == 0) {
     return Invalid(
         "qllm mode needs n_init > 0: the question vector is formed when the "

@@ -42,8 +42,13 @@ struct MemoryConfig {
   int32_t exc_block_size = 512;
   // Blocks per layer kept in the fast (device) tier. Default: 32.
   int32_t max_cached_block = 32;
-  // Weight w of the question term in block scores (qllm mode). Default: 4.
+  // Weight w of the question term in block scores (qllm mode); qllm with w = 0 is infllm.
+  // Default: 4.
   float question_weight = 4.0f;
+  // Pending tokens older than the local window are global keys (the specification's step 3).
+  // Streaming mode never attends them; turning this off in infllm mode with topk = 0 gives
+  // streaming, which the invariant tests use. Not a reference YAML key. Default: true.
+  bool far_pending_global = true;
   // Tokens per forward call during prefill; a multiple of exc_block_size. Default: 8192.
   int32_t chunk_size = 8192;
   // RoPE base the config was written for (`base`); when set it must equal the checkpoint's
@@ -56,7 +61,7 @@ struct MemoryConfig {
   int64_t max_len = INT64_MAX;
 
   // INVALID_ARGUMENT naming the first inconsistent value (e.g. exc_block_size > n_local,
-  // topk < 0, qllm mode with question_weight <= 0).
+  // topk < 0, a negative question_weight, qllm mode without attention sinks).
   absl::Status Validate() const;
   // Validate() plus the checks against a model: rope base.
   absl::Status ValidateForModel(double rope_theta) const;

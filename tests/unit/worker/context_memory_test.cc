@@ -133,6 +133,30 @@ TEST_F(ContextMemoryTest, InfLlmIgnoresTheQuestion) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].blocks, b[i].blocks);
 }
 
+TEST_F(ContextMemoryTest, QllmWithZeroWeightEqualsInfLlm) {
+  SessionOptions q = Options(AttentionMode::kQllm);
+  q.memory.question_weight = 0.0f;
+  std::vector<ChunkSelection> a, b;
+  ASSERT_OK_AND_ASSIGN(auto lq, Run(q, 600, 600, &a));
+  ASSERT_OK_AND_ASSIGN(auto li, Run(Options(AttentionMode::kInfLlm), 600, 600, &b));
+  EXPECT_EQ(lq, li);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].blocks, b[i].blocks);
+}
+
+TEST_F(ContextMemoryTest, TopkZeroWithoutFarPendingKeysEqualsStreaming) {
+  SessionOptions inf = Options(AttentionMode::kInfLlm);
+  inf.memory.topk = 0;
+  inf.memory.far_pending_global = false;
+  ASSERT_OK_AND_ASSIGN(auto li, Run(inf, 600, 600));
+  ASSERT_OK_AND_ASSIGN(auto ls, Run(Options(AttentionMode::kStreaming), 600, 600));
+  EXPECT_EQ(li, ls);
+  // With the far pending keys attended, the outputs differ: the flag matters.
+  inf.memory.far_pending_global = true;
+  ASSERT_OK_AND_ASSIGN(auto lf, Run(inf, 600, 600));
+  EXPECT_GT(MaxDiff(lf, ls), 1e-3);
+}
+
 TEST_F(ContextMemoryTest, QuestionChangesSelectionsInQllmMode) {
   std::vector<ChunkSelection> inf, q;
   ASSERT_OK_AND_ASSIGN(auto li, Run(Options(AttentionMode::kInfLlm), 600, 600, &inf));

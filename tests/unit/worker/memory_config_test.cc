@@ -100,7 +100,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadYaml{"ZeroBlockSize", "model: {type: infllm, block_size: 0}\n", kInvalid, "block_size"},
         BadYaml{"ReprTopkAboveBlock", "model: {type: infllm, block_size: 4, repr_topk: 8}\n",
                 kInvalid, "repr_topk"},
-        BadYaml{"QllmZeroWeight", "model: {type: qllm, question_weight: 0}\n", kInvalid,
+        BadYaml{"NegativeWeight", "model: {type: qllm, question_weight: -1}\n", kInvalid,
                 "question_weight"},
         BadYaml{"QllmNoSinks", "model: {type: qllm, n_init: 0}\n", kInvalid, "n_init"},
         BadYaml{"ChunkNotMultiple", "model: {type: qllm}\nchunk_size: 1000\n", kInvalid,
