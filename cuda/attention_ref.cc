@@ -5,6 +5,7 @@
 
 #include "cuda/attention.h"
 #include "cuda/gemm.h"
+#include "cuda/softmax_ref.h"
 
 namespace qllm::cuda {
 
@@ -48,15 +49,7 @@ absl::Status CausalAttentionRef(const CausalAttentionParams& p) {
         for (int64_t i = 0; i < rows; ++i) {
           float* row = scores.data() + i * n_kv;
           const int64_t visible = p.q_offset + i0 + i + 1;
-          float max_v = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < visible; ++j) max_v = std::max(max_v, row[j]);
-          float sum = 0.0f;
-          for (int64_t j = 0; j < visible; ++j) {
-            row[j] = std::exp(row[j] - max_v);
-            sum += row[j];
-          }
-          const float inv = 1.0f / sum;
-          for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
+          SoftmaxRow(row, visible);
           std::fill(row + visible, row + n_kv, 0.0f);
         }
         Sgemm(false, rows, p.head_dim, n_kv, 1.0f, scores.data(), n_kv, vg, p.kv_stride, 0.0f, oh,

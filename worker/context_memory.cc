@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "cuda/gemm.h"
 #include "cuda/rope.h"
+#include "cuda/softmax_ref.h"
 
 namespace qllm::worker {
 namespace {
@@ -234,16 +235,7 @@ void LayerMemory::Attend(const float* q_loc, const float* q_glob, int64_t n, int
         std::fill(prow + far_end, prow + lo, neg_inf);
         std::fill(prow + hi + 1, prow + P, 0.0f);
         // Softmax over [0, ng + hi]; entries at -inf become 0.
-        const int64_t live = ng + hi + 1;
-        float mx = neg_inf;
-        for (int64_t j = 0; j < live; ++j) mx = std::max(mx, row[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < live; ++j) {
-          row[j] = std::exp(row[j] - mx);
-          sum += row[j];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < live; ++j) row[j] *= inv;
+        cuda::SoftmaxRow(row, ng + hi + 1);
         // Local scores: the mass each local key received (step 4).
         for (int64_t j = lo; j <= hi; ++j) mass[j] += prow[j];
       }

@@ -12,6 +12,7 @@
 #include "cuda/gemm.h"
 #include "cuda/rmsnorm.h"
 #include "cuda/rope.h"
+#include "cuda/softmax_ref.h"
 #include "cuda/swiglu.h"
 #include "tests/testutil/status_matchers.h"
 
@@ -149,6 +150,29 @@ TEST(RopeInverseFrequencies, Llama3ScalingFollowsTheThreeBands) {
   EXPECT_GT(kept, 0);
   EXPECT_GT(divided, 0);
   EXPECT_GT(blended, 0);
+}
+
+TEST(FastExp, MatchesLibmAcrossTheRange) {
+  double worst = 0.0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {
+    const double ref = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::abs(FastExp(x) - ref) / ref);
+  }
+  EXPECT_LT(worst, 3e-7);
+  EXPECT_EQ(FastExp(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_EQ(FastExp(-100.0f), 0.0f);
+  EXPECT_EQ(FastExp(0.0f), 1.0f);
+  EXPECT_TRUE(std::isinf(FastExp(100.0f)));
+}
+
+TEST(SoftmaxRow, NormalizesAndZeroesMaskedEntries) {
+  std::vector<float> row = {1.0f, -std::numeric_limits<float>::infinity(), 3.0f, 2.0f};
+  SoftmaxRow(row.data(), 4);
+  const double z = std::exp(1.0) + std::exp(3.0) + std::exp(2.0);
+  EXPECT_NEAR(row[0], std::exp(1.0) / z, 1e-7);
+  EXPECT_EQ(row[1], 0.0f);
+  EXPECT_NEAR(row[2], std::exp(3.0) / z, 1e-7);
+  EXPECT_NEAR(row[3], std::exp(2.0) / z, 1e-7);
 }
 
 TEST(SwiGluRef, MatchesNaive) {
