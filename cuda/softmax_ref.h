@@ -3,8 +3,9 @@
 #ifndef QLLM_CUDA_SOFTMAX_REF_H_
 #define QLLM_CUDA_SOFTMAX_REF_H_
 
+#include <algorithm>
+#include <bit>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 
 namespace qllm::cuda {
@@ -15,10 +16,10 @@ namespace qllm::cuda {
 inline float FastExp(float x) {
   const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  const float clamped = x < -87.0f ? -87.0f : (x > 88.7f ? 88.7f : x);
+  const float clamped = std::min(std::max(x, -87.0f), 88.7f);
   const float fx = clamped * kLog2e + 0.5f;
-  int32_t n = static_cast<int32_t>(fx);
-  n -= (fx < static_cast<float>(n)) ? 1 : 0;  // floor for negative values
+  const int32_t t = static_cast<int32_t>(fx);
+  const int32_t n = t - static_cast<int32_t>(fx < static_cast<float>(t));  // floor(fx)
   const float nf = static_cast<float>(n);
   const float r = clamped - nf * kLn2Hi - nf * kLn2Lo;
   float p = 1.9875691500e-4f;
@@ -28,11 +29,10 @@ inline float FastExp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * r * r + r + 1.0f;
-  const int32_t bits = (n + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  const float result = y * scale;
-  return x < -87.0f ? 0.0f : (x > 88.7f ? std::numeric_limits<float>::infinity() : result);
+  const float result = y * std::bit_cast<float>((n + 127) << 23);
+  // Selects, not branches: below the range the result is 0, above it +inf.
+  const float low = x < -87.0f ? 0.0f : result;
+  return x > 88.7f ? std::numeric_limits<float>::infinity() : low;
 }
 
 // In place: row[j] = exp(row[j] - max) / sum over j < n. Entries at -inf become 0.
