@@ -15,6 +15,7 @@
 #include "coordinator/local_pipeline.h"
 #include "model/safetensors.h"
 #include "model/sampler.h"
+#include "tests/testutil/pipeline_util.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_paths.h"
 #include "worker/model_shard.h"
@@ -23,15 +24,6 @@ namespace qllm {
 namespace {
 
 constexpr double kRelativeTolerance = 1e-4;
-
-double RelativeError(const float* a, const float* b, size_t n) {
-  double max_err = 0.0, scale = 0.0;
-  for (size_t i = 0; i < n; ++i) {
-    max_err = std::max(max_err, std::abs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-  }
-  return max_err / scale;
-}
 
 struct Case {
   std::string preset;
@@ -74,19 +66,8 @@ TEST_P(QllmReferenceTest, LogitsAndSelectionsMatchPyTorch) {
 
   // The pipeline over the preset's checkpoint.
   const std::string ckpt = testing::BinaryDir() + "/testdata/reference/" + c.preset;
-  std::vector<std::unique_ptr<worker::ModelShard>> shards;
-  std::vector<const worker::ModelShard*> stage_ptrs;
-  for (size_t i = 0; i + 1 < c.stages.size(); ++i) {
-    model::LoadOptions o;
-    o.layer_begin = c.stages[i];
-    o.layer_end = c.stages[i + 1];
-    o.load_embedding = i == 0;
-    o.load_head = i + 2 == c.stages.size();
-    ASSERT_OK_AND_ASSIGN(auto shard, worker::ModelShard::Load(ckpt, o));
-    stage_ptrs.push_back(shard.get());
-    shards.push_back(std::move(shard));
-  }
-  ASSERT_OK_AND_ASSIGN(auto pipeline, coordinator::LocalPipeline::Create(stage_ptrs));
+  ASSERT_OK_AND_ASSIGN(testing::TestPipeline loaded, testing::LoadPipeline(ckpt, c.stages));
+  const coordinator::LocalPipeline* pipeline = loaded.pipeline.get();
   const int32_t vocab = pipeline->config().vocab_size;
   const int num_layers = pipeline->config().num_layers;
 
@@ -121,7 +102,7 @@ TEST_P(QllmReferenceTest, LogitsAndSelectionsMatchPyTorch) {
     pos += len;
   }
   ASSERT_EQ(all.size(), prompt_logits.size());
-  const double prefill_err = RelativeError(all.data(), prompt_logits.data(), all.size());
+  const double prefill_err = testing::RelativeError(all.data(), prompt_logits.data(), all.size());
   EXPECT_LE(prefill_err, kRelativeTolerance) << "prefill logits";
   std::vector<int32_t> greedy = {model::Argmax(all.data() + all.size() - vocab, vocab)};
   std::vector<float> dec;
@@ -132,7 +113,7 @@ TEST_P(QllmReferenceTest, LogitsAndSelectionsMatchPyTorch) {
     dec.insert(dec.end(), logits.begin(), logits.end());
     greedy.push_back(model::Argmax(logits.data(), vocab));
   }
-  const double decode_err = RelativeError(dec.data(), decode_logits.data(), dec.size());
+  const double decode_err = testing::RelativeError(dec.data(), decode_logits.data(), dec.size());
   EXPECT_LE(decode_err, kRelativeTolerance) << "decode logits";
   EXPECT_EQ(greedy, generated);
 

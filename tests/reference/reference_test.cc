@@ -11,6 +11,7 @@
 #include "coordinator/local_pipeline.h"
 #include "model/safetensors.h"
 #include "model/sampler.h"
+#include "tests/testutil/pipeline_util.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_paths.h"
 #include "worker/model_shard.h"
@@ -58,14 +59,9 @@ absl::StatusOr<Expected> LoadExpected(const std::string& dir) {
   return e;
 }
 
-// Max |a - b| / max |b| over the whole arrays.
 double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
-  double max_err = 0.0, scale = 0.0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    max_err = std::max(max_err, std::abs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-  }
-  return max_err / scale;
+  EXPECT_EQ(a.size(), b.size());
+  return testing::RelativeError(a.data(), b.data(), std::min(a.size(), b.size()));
 }
 
 struct Case {
@@ -85,20 +81,8 @@ TEST_P(ReferenceTest, LogitsAndGreedyTokensMatchPyTorch) {
   ASSERT_TRUE(std::filesystem::exists(dir + "/expected.safetensors"))
       << dir << " is missing: the reference_fixtures CTest fixture generates it";
   ASSERT_OK_AND_ASSIGN(Expected e, LoadExpected(dir));
-  const auto& bounds = GetParam().stages;
-  std::vector<std::unique_ptr<worker::ModelShard>> shards;
-  std::vector<const worker::ModelShard*> stage_ptrs;
-  for (size_t i = 0; i + 1 < bounds.size(); ++i) {
-    model::LoadOptions o;
-    o.layer_begin = bounds[i];
-    o.layer_end = bounds[i + 1];
-    o.load_embedding = i == 0;
-    o.load_head = i + 2 == bounds.size();
-    ASSERT_OK_AND_ASSIGN(auto shard, worker::ModelShard::Load(dir, o));
-    stage_ptrs.push_back(shard.get());
-    shards.push_back(std::move(shard));
-  }
-  ASSERT_OK_AND_ASSIGN(auto pipeline, coordinator::LocalPipeline::Create(stage_ptrs));
+  ASSERT_OK_AND_ASSIGN(testing::TestPipeline loaded, testing::LoadPipeline(dir, GetParam().stages));
+  const coordinator::LocalPipeline* pipeline = loaded.pipeline.get();
   const int32_t vocab = pipeline->config().vocab_size;
   ASSERT_EQ(e.prompt.size(), 300u);
   ASSERT_EQ(e.prompt_logits.size(), 300u * vocab);
