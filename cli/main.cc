@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
     }
     if (absl::GetFlag(FLAGS_question_end) >= 0) {
       cmd.session.question = qllm::worker::QuestionSpan{absl::GetFlag(FLAGS_question_begin),
-                                                         absl::GetFlag(FLAGS_question_end)};
+                                                        absl::GetFlag(FLAGS_question_end)};
     }
     status = qllm::cli::ParseIdList(absl::GetFlag(FLAGS_prompt_ids), &cmd.prompt_ids);
     if (status.ok()) status = qllm::cli::RunGenerate(cmd, std::cout);

@@ -74,8 +74,8 @@ absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
     std::map<int32_t, const worker::ChunkSelection*> last;
     for (const auto& sel : r.selections) last[sel.layer] = &sel;
     for (const auto& [layer, sel] : last) {
-      out << "layer " << layer << " retrieved " << sel->blocks.size() << " of "
-          << sel->candidates << " blocks:";
+      out << "layer " << layer << " retrieved " << sel->blocks.size() << " of " << sel->candidates
+          << " blocks:";
       for (size_t i = 0; i < sel->blocks.size(); ++i) {
         out << " [" << sel->block_starts[i] << ", "
             << sel->block_starts[i] + cmd.session.memory.block_size << ")";
