@@ -30,6 +30,25 @@ struct GenerateCommand {
 // Loads the model, generates, and prints the token ids and timings.
 absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out);
 
+struct AskCommand {
+  std::string model_dir;
+  // Directory with tokenizer.json or tokenizer.model. Default: the model directory.
+  std::string tokenizer_dir;
+  // Chat template name (tokenizer::ChatTemplateNames()).
+  std::string chat_template = "llama-3-inst";
+  std::string system;
+  std::string question;
+  std::string context;
+  int32_t max_new_tokens = 64;
+  model::SamplingOptions sampling;
+  // Attention mode and parameters; the question span comes from the chat template.
+  worker::SessionOptions session;
+};
+
+// Builds the prompt (question before and after the context), runs it with the context memory,
+// streams the answer to `out` as it is generated, then prints usage and the retrieved blocks.
+absl::Status RunAsk(const AskCommand& cmd, std::ostream& out);
+
 // Parses "1,2, 3" into ids. INVALID_ARGUMENT on anything else.
 absl::Status ParseIdList(const std::string& text, std::vector<int32_t>* ids);
 
