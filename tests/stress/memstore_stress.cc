@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "memstore/block_store.h"
+#include "tests/testutil/block_bytes.h"
 
 ABSL_FLAG(std::string, db, "", "Store directory.");
 ABSL_FLAG(std::string, oracle, "", "Expected-state file (appended).");
@@ -57,14 +58,7 @@ Shape ShapeOf(uint64_t id) {
 }
 
 std::string Bytes(const BlockId& id, char part, size_t n) {
-  std::string out(n, '\0');
-  uint64_t x = id.owner.tenant * 1000003 + id.owner.id * 10007 + id.layer * 101 + id.block * 7 +
-               static_cast<uint64_t>(part);
-  for (size_t i = 0; i < n; ++i) {
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    out[i] = static_cast<char>(x >> 56);
-  }
-  return out;
+  return qllm::testing::BlockBytes(id, part, n);
 }
 
 std::string MetaOf(uint64_t id, uint32_t layer) { return absl::StrCat("meta-", id, "-", layer); }

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/testutil/block_bytes.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_paths.h"
 
@@ -17,16 +18,8 @@ namespace {
 using ::qllm::testing::IsOk;
 using ::qllm::testing::StatusIs;
 
-// Deterministic bytes of one block part, distinct per (owner, layer, block, part).
 std::string Bytes(const BlockId& id, char part, size_t n) {
-  std::string out(n, '\0');
-  uint64_t x = id.owner.tenant * 1000003 + id.owner.id * 10007 + id.layer * 101 + id.block * 7 +
-               static_cast<uint64_t>(part);
-  for (size_t i = 0; i < n; ++i) {
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    out[i] = static_cast<char>(x >> 56);
-  }
-  return out;
+  return qllm::testing::BlockBytes(id, part, n);
 }
 
 class BlockStoreTest : public ::testing::Test {

@@ -12,6 +12,7 @@
 
 #include "memstore/block_store.h"
 #include "memstore/fault_injection_fs.h"
+#include "tests/testutil/block_bytes.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_paths.h"
 
@@ -22,14 +23,7 @@ using ::qllm::testing::IsOk;
 using ::qllm::testing::StatusIs;
 
 std::string Bytes(const BlockId& id, char part, size_t n) {
-  std::string out(n, '\0');
-  uint64_t x = id.owner.tenant * 1000003 + id.owner.id * 10007 + id.layer * 101 + id.block * 7 +
-               static_cast<uint64_t>(part);
-  for (size_t i = 0; i < n; ++i) {
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    out[i] = static_cast<char>(x >> 56);
-  }
-  return out;
+  return qllm::testing::BlockBytes(id, part, n);
 }
 
 constexpr uint32_t kLayers = 2;
