@@ -239,14 +239,7 @@ absl::Status BpeTokenizer::EncodeInto(std::string_view text, const EncodeOptions
       EncodeWord(piece.substr(b, e - b), base + b, ids, offsets);
     });
   };
-  if (options.parse_special && !matcher_->empty()) {
-    matcher_->Split(text, encode_text, [&](int32_t id, size_t pos, size_t len) {
-      ids->push_back(id);
-      if (offsets) offsets->push_back({static_cast<int64_t>(pos), static_cast<int64_t>(pos + len)});
-    });
-  } else {
-    encode_text(text, 0);
-  }
+  matcher_->EncodeAround(text, options.parse_special, encode_text, ids, offsets);
   return status;
 }
 

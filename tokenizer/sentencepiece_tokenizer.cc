@@ -139,14 +139,7 @@ absl::Status SentencePieceTokenizer::EncodeInto(std::string_view text, const Enc
       }
     }
   };
-  if (options.parse_special) {
-    matcher_->Split(text, encode_text, [&](int32_t id, size_t pos, size_t len) {
-      ids->push_back(id);
-      if (offsets) offsets->push_back({static_cast<int64_t>(pos), static_cast<int64_t>(pos + len)});
-    });
-  } else {
-    encode_text(text, 0);
-  }
+  matcher_->EncodeAround(text, options.parse_special, encode_text, ids, offsets);
   return status;
 }
 

@@ -44,6 +44,22 @@ class SpecialMatcher {
     if (n > run_start) on_text(text.substr(run_start), run_start);
   }
 
+  // Encodes `text` for a tokenizer: with `parse_special`, special tokens go straight to `ids`
+  // (their byte ranges to `offsets` when non-null) and the runs between them to
+  // encode_text(run, byte_offset); without it the whole text is one run.
+  template <typename EncodeText>
+  void EncodeAround(std::string_view text, bool parse_special, EncodeText&& encode_text,
+                    std::vector<int32_t>* ids, std::vector<ByteRange>* offsets) const {
+    if (!parse_special || empty()) {
+      encode_text(text, 0);
+      return;
+    }
+    Split(text, encode_text, [&](int32_t id, size_t pos, size_t len) {
+      ids->push_back(id);
+      if (offsets) offsets->push_back({static_cast<int64_t>(pos), static_cast<int64_t>(pos + len)});
+    });
+  }
+
   bool empty() const { return entries_.empty(); }
 
  private:
