@@ -17,6 +17,13 @@
 
 namespace qllm::worker {
 
+// Marks a BlockId::session that names a document instead of a session: the blocks of a document
+// prefilled once and persisted (its id is `session & ~kDocumentOwnerBit`). The context memory
+// gives blocks this owner when the ingesting session's id carries the bit, and a session
+// restored from the document keeps reading them under it. InMemoryBlockStorage treats it as any
+// other owner; MemstoreBlockStorage maps it to a memstore document.
+inline constexpr uint64_t kDocumentOwnerBit = uint64_t{1} << 63;
+
 // Identifies one block: the session (or document) that owns it, the layer, the block index.
 struct BlockId {
   uint64_t session = 0;
@@ -46,7 +53,8 @@ class BlockStorage {
   // Hints that `ids` will be read soon. Default: nothing.
   virtual void Prefetch(std::span<const BlockId> /*ids*/) {}
 
-  // Removes every block of `session`.
+  // Removes every block of `session` (what that means for a document owner id, see
+  // kDocumentOwnerBit, is up to the implementation).
   virtual absl::Status DeleteSession(uint64_t session) = 0;
 };
 

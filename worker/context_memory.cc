@@ -3,10 +3,13 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -47,15 +50,89 @@ void TopIndices(const float* values, int64_t n, int64_t stride, int64_t k,
   out->resize(k);
 }
 
+// Saved layer states: host-order binary, which the format fixes as little-endian.
+static_assert(std::endian::native == std::endian::little, "saved layer states are little-endian");
+constexpr char kStateMagic[8] = {'Q', 'L', 'L', 'M', 'L', 'A', 'Y', 'R'};
+constexpr uint32_t kStateVersion = 1;
+
+// Appends fixed-size values and arrays to a string.
+class BlobWriter {
+ public:
+  explicit BlobWriter(std::string* out) : out_(out) {}
+  template <typename T>
+  void Put(T value) {
+    static_assert(std::is_arithmetic_v<T>);
+    out_->append(reinterpret_cast<const char*>(&value), sizeof(T));
+  }
+  template <typename T>
+  void PutArray(const T* data, int64_t n) {
+    if (n > 0) out_->append(reinterpret_cast<const char*>(data), n * sizeof(T));
+  }
+
+ private:
+  std::string* const out_;
+};
+
+// Reads what BlobWriter wrote; each Get returns false when the blob is too short.
+class BlobReader {
+ public:
+  explicit BlobReader(std::string_view in) : in_(in) {}
+  template <typename T>
+  bool Get(T* value) {
+    if (in_.size() < sizeof(T)) return false;
+    std::memcpy(value, in_.data(), sizeof(T));
+    in_.remove_prefix(sizeof(T));
+    return true;
+  }
+  // Reads rows * width values; false for a negative or too large count (no overflow).
+  template <typename T>
+  bool GetRows(int64_t rows, int64_t width, std::vector<T>* out) {
+    if (rows < 0 || static_cast<uint64_t>(rows) > in_.size() / (width * sizeof(T))) return false;
+    out->resize(rows * width);
+    if (rows > 0) std::memcpy(out->data(), in_.data(), rows * width * sizeof(T));
+    in_.remove_prefix(rows * width * sizeof(T));
+    return true;
+  }
+  bool done() const { return in_.empty(); }
+
+ private:
+  std::string_view in_;
+};
+
+// The settings and dimensions a saved state must share with the memory it is loaded into, in
+// saved order. The mode is saved first and checked by category instead (streaming vs blocks).
+struct LayoutField {
+  const char* name;
+  int64_t value;
+};
+std::array<LayoutField, 10> Layout(const MemoryConfig& c, bool pending_global, int32_t layer,
+                                   int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  return {{{"n_init", c.n_init},
+           {"n_local", c.n_local},
+           {"block_size", c.block_size},
+           {"repr_topk", c.repr_topk},
+           {"exc_block_size", c.exc_block_size},
+           {"far_pending_global", pending_global ? 1 : 0},
+           {"layer", layer},
+           {"heads", heads},
+           {"kv_heads", kv_heads},
+           {"head_dim", head_dim}}};
+}
+
+absl::Status Truncated(const char* what) {
+  return absl::DataLossError(absl::StrCat("saved layer state is truncated (", what, ")"));
+}
+
 }  // namespace
 
 LayerMemory::LayerMemory(const MemoryConfig& config, const LayerShape& shape, int32_t layer,
-                         uint64_t session, std::optional<QuestionSpan> question,
+                         uint64_t session, std::optional<QuestionSpan> question, bool late_question,
                          BlockStorage* storage, const double* inv_freq)
     : config_(config),
       layer_(layer),
       session_(session),
       question_(question),
+      late_question_(late_question),
       storage_(storage),
       inv_freq_(inv_freq),
       heads_(shape.heads),
@@ -79,7 +156,8 @@ int64_t LayerMemory::MemoryBytes() const {
   const size_t floats = init_k_.capacity() + init_v_.capacity() + pk_.capacity() + pkr_.capacity() +
                         pv_.capacity() + ps_.capacity() + reprs_.capacity() +
                         question_q_.capacity() + global_k_.capacity() + global_v_.capacity();
-  return static_cast<int64_t>(floats * sizeof(float) + block_start_.capacity() * 8);
+  return static_cast<int64_t>(floats * sizeof(float) +
+                              (block_start_.capacity() + block_owner_.capacity()) * 8);
 }
 
 absl::Status LayerMemory::Process(const float* qkv, int64_t stride, int64_t n, int64_t start,
@@ -110,7 +188,7 @@ absl::Status LayerMemory::Process(const float* qkv, int64_t stride, int64_t n, i
   std::copy(init_v_.begin(), init_v_.end(), global_v_.begin());
   if (!ids.empty()) {
     std::vector<BlockId> keys;
-    for (int32_t b : ids) keys.push_back(BlockId{session_, layer_, b});
+    for (int32_t b : ids) keys.push_back(BlockId{block_owner_[b], layer_, b});
     RETURN_IF_ERROR(storage_->MultiGet(keys, bs * kv_dim_, global_k_.data() + n_init * kv_dim_,
                                        global_v_.data() + n_init * kv_dim_));
   }
@@ -253,12 +331,19 @@ void LayerMemory::Attend(const float* q_loc, const float* q_glob, int64_t n, int
 
 absl::Status LayerMemory::Commit() {
   const int64_t n_init = config_.n_init;
+  const bool want_question = question_.has_value() && question_vector_.empty();
+  // b (late question). The sinks started filling before the span was complete: Q is formed by
+  // the chunk that completes it, before any of this commit's tokens leave pending.
+  if (want_question && late_question_ && init_ran_ && question_->end <= end_) {
+    ComputeQuestionVector();
+  }
   // a. Fill init from the oldest pending tokens while it has room and more than n_local
   //    tokens are pending.
   const int64_t move = std::min(n_init - init_size(), (end_ - p0_) - n_local_);
   if (move > 0) {
-    // b. The first time (a) runs: the question vector, from the scores at this moment.
-    if (!init_ran_ && question_.has_value()) {
+    // b. The first time (a) runs: the question vector, from the scores at this moment. A late
+    //    question that is not complete yet waits for the branch above.
+    if (!init_ran_ && want_question && !(late_question_ && question_->end > end_)) {
       if (question_->end > end_) {
         return absl::InvalidArgumentError(
             absl::StrCat("the question span [", question_->begin, ", ", question_->end,
@@ -280,8 +365,10 @@ absl::Status LayerMemory::Commit() {
 
 void LayerMemory::ComputeQuestionVector() {
   const int64_t qs = question_->begin, nq = question_->end - question_->begin;
-  // Before the first commit nothing has left pending, so token t sits at pending index t - p0_.
-  QLLM_CHECK(qs >= p0_);
+  // Token t sits at pending index t - p0_. Before the sinks first fill nothing has left pending;
+  // a late question of at most n_local tokens is formed by the commit that completes it, and
+  // every earlier commit left at least n_local tokens pending.
+  QLLM_CHECK(qs >= p0_) << "question token " << qs << " left pending (first pending " << p0_ << ")";
   std::vector<float> rotated = question_q_;
   std::vector<int64_t> fixed(nq, n_local_ - 1);
   Rotate(rotated.data(), nq, heads_, head_dim_, q_dim_, fixed.data(), inv_freq_);
@@ -319,6 +406,7 @@ absl::Status LayerMemory::CutBlock() {
     for (int64_t d = 0; d < head_dim_; ++d) r[d] /= static_cast<float>(top.size());
   }
   block_start_.push_back(p0_);
+  block_owner_.push_back(session_);
   PopPending(bs);
   return absl::OkStatus();
 }
@@ -326,6 +414,125 @@ absl::Status LayerMemory::CutBlock() {
 void LayerMemory::PopPending(int64_t count) {
   pb_ += count;
   p0_ += count;
+}
+
+absl::Status LayerMemory::Save(std::string* out) const {
+  BlobWriter w(out);
+  w.PutArray(kStateMagic, sizeof(kStateMagic));
+  w.Put(kStateVersion);
+  w.Put(static_cast<int64_t>(config_.mode));
+  for (const LayoutField& f :
+       Layout(config_, pending_global_, layer_, heads_, kv_heads_, head_dim_)) {
+    w.Put(f.value);
+  }
+  const int64_t pending = end_ - p0_;
+  for (int64_t v :
+       {end_, p0_, init_size(), static_cast<int64_t>(num_blocks()), static_cast<int64_t>(init_ran_),
+        static_cast<int64_t>(question_vector_.size())}) {
+    w.Put(v);
+  }
+  w.PutArray(init_k_.data(), init_size() * kv_dim_);
+  w.PutArray(init_v_.data(), init_size() * kv_dim_);
+  w.PutArray(pk_.data() + pb_ * kv_dim_, pending * kv_dim_);
+  w.PutArray(pkr_.data() + pb_ * kv_dim_, pending * kv_dim_);
+  w.PutArray(pv_.data() + pb_ * kv_dim_, pending * kv_dim_);
+  w.PutArray(ps_.data() + pb_ * heads_, pending * heads_);
+  w.PutArray(block_start_.data(), num_blocks());
+  w.PutArray(block_owner_.data(), num_blocks());
+  w.PutArray(reprs_.data(), num_blocks() * q_dim_);
+  w.PutArray(question_vector_.data(), static_cast<int64_t>(question_vector_.size()));
+  return absl::OkStatus();
+}
+
+absl::Status LayerMemory::Load(std::string_view blob) {
+  QLLM_CHECK(end_ == 0) << "Load into a layer memory that has processed " << end_ << " tokens";
+  BlobReader in(blob);
+  char magic[sizeof(kStateMagic)];
+  uint32_t version = 0;
+  if (!in.Get(&magic) || std::memcmp(magic, kStateMagic, sizeof(magic)) != 0) {
+    return absl::DataLossError("not a saved layer state (bad magic)");
+  }
+  if (!in.Get(&version)) return Truncated("version");
+  if (version != kStateVersion) {
+    return absl::DataLossError(
+        absl::StrCat("saved layer state has version ", version, ", expected ", kStateVersion));
+  }
+  // Layout: the mode by category, then each field by value.
+  int64_t mode = 0;
+  if (!in.Get(&mode)) return Truncated("mode");
+  if (mode <= static_cast<int64_t>(AttentionMode::kFull) ||
+      mode > static_cast<int64_t>(AttentionMode::kQllm)) {
+    return absl::DataLossError(absl::StrCat("saved layer state has mode ", mode));
+  }
+  const AttentionMode saved_mode = static_cast<AttentionMode>(mode);
+  if ((saved_mode == AttentionMode::kStreaming) != (config_.mode == AttentionMode::kStreaming)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("state was saved in ", AttentionModeName(saved_mode),
+                     " mode, this session uses ", AttentionModeName(config_.mode), " mode"));
+  }
+  for (const LayoutField& f :
+       Layout(config_, pending_global_, layer_, heads_, kv_heads_, head_dim_)) {
+    int64_t saved = 0;
+    if (!in.Get(&saved)) return Truncated(f.name);
+    if (saved != f.value) {
+      return absl::FailedPreconditionError(absl::StrCat("state was saved with ", f.name, "=", saved,
+                                                        ", this session has ", f.value));
+    }
+  }
+  // Positions and counts; every token before p0 is in init or in a block.
+  int64_t end = 0, p0 = 0, n_init = 0, blocks = 0, init_ran = 0, qv = 0;
+  for (int64_t* v : {&end, &p0, &n_init, &blocks, &init_ran, &qv}) {
+    if (!in.Get(v)) return Truncated("positions");
+  }
+  const int64_t bs = config_.block_size;
+  if (end < 0 || p0 < 0 || p0 > end || end - p0 >= n_local_ + bs || n_init < 0 ||
+      n_init > config_.n_init || blocks < 0 || blocks > (p0 - n_init) / bs ||
+      p0 != n_init + blocks * bs || init_ran != (n_init > 0 ? 1 : 0) || (qv != 0 && qv != q_dim_)) {
+    return absl::DataLossError(absl::StrCat(
+        "saved layer state is inconsistent: ", end, " tokens, ", p0, " before pending, ", n_init,
+        " sinks, ", blocks, " blocks, init_ran ", init_ran, ", question vector of ", qv));
+  }
+  const int64_t pending = end - p0;
+  std::vector<float> init_k, init_v, pk, pkr, pv, ps, reprs, question_vector;
+  std::vector<int64_t> block_start;
+  std::vector<uint64_t> block_owner;
+  if (!in.GetRows(n_init, kv_dim_, &init_k) || !in.GetRows(n_init, kv_dim_, &init_v)) {
+    return Truncated("sinks");
+  }
+  if (!in.GetRows(pending, kv_dim_, &pk) || !in.GetRows(pending, kv_dim_, &pkr) ||
+      !in.GetRows(pending, kv_dim_, &pv) || !in.GetRows(pending, heads_, &ps)) {
+    return Truncated("pending tokens");
+  }
+  if (!in.GetRows(blocks, 1, &block_start) || !in.GetRows(blocks, 1, &block_owner) ||
+      !in.GetRows(blocks, q_dim_, &reprs)) {
+    return Truncated("blocks");
+  }
+  if (!in.GetRows(qv, 1, &question_vector)) return Truncated("question vector");
+  if (!in.done()) return absl::DataLossError("saved layer state has trailing bytes");
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (block_start[b] != n_init + b * bs) {
+      return absl::DataLossError(absl::StrCat("saved block ", b, " starts at ", block_start[b],
+                                              ", expected ", n_init + b * bs));
+    }
+  }
+  end_ = end;
+  p0_ = p0;
+  pb_ = 0;
+  init_ran_ = init_ran != 0;
+  init_k_ = std::move(init_k);
+  init_v_ = std::move(init_v);
+  pk_ = std::move(pk);
+  pkr_ = std::move(pkr);
+  pv_ = std::move(pv);
+  ps_ = std::move(ps);
+  block_start_ = std::move(block_start);
+  block_owner_ = std::move(block_owner);
+  reprs_ = std::move(reprs);
+  if (!question_vector.empty()) {
+    question_vector_ = std::move(question_vector);
+    question_q_ = {};
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace qllm::worker

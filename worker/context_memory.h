@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -41,10 +43,15 @@ struct LayerShape {
 
 class LayerMemory {
  public:
-  // `storage` and `inv_freq` (head_dim / 2 RoPE frequencies) must outlive this object.
-  // REQUIRES: config.Validate() is OK and config.uses_memory().
+  // `storage` and `inv_freq` (head_dim / 2 RoPE frequencies) must outlive this object. Blocks
+  // this memory cuts are stored under owner `session`. With `late_question` the question span
+  // may end after the attention sinks have started filling: Q is then formed at the commit of
+  // the chunk that completes the span (see SessionOptions::late_question).
+  // REQUIRES: config.Validate() is OK and config.uses_memory(); with late_question, the span
+  // is at most n_local tokens long (so its tokens are still pending when Q is formed).
   LayerMemory(const MemoryConfig& config, const LayerShape& shape, int32_t layer, uint64_t session,
-              std::optional<QuestionSpan> question, BlockStorage* storage, const double* inv_freq);
+              std::optional<QuestionSpan> question, bool late_question, BlockStorage* storage,
+              const double* inv_freq);
   LayerMemory(const LayerMemory&) = delete;
   LayerMemory& operator=(const LayerMemory&) = delete;
 
@@ -57,6 +64,25 @@ class LayerMemory {
   // question vector must be formed; the errors of the block storage.
   absl::Status Process(const float* qkv, int64_t qkv_stride, int64_t n, int64_t start, float* out,
                        std::vector<ChunkSelection>* record);
+
+  // Appends this layer's state to *out, everything but the block K/V (which stay in the block
+  // storage under their owners): the layout configuration (mode, n_init, n_local, block_size,
+  // repr_topk, exc_block_size, far_pending_global), the layer and its shape, the positions, the
+  // sinks' K/V, the pending tokens' K, rotated K, V and local scores, each block's first
+  // position, owner and representative vector, and the question vector if formed. Little-endian
+  // binary behind a magic and a version. Always OK.
+  absl::Status Save(std::string* out) const;
+  // Restores a state written by Save() into this freshly constructed memory. The layout
+  // configuration, the layer and the shape must match this memory's; the retrieval settings
+  // (topk, question_weight, infllm vs qllm) may differ, but streaming and the block modes do
+  // not mix. Blocks keep the owner they were saved with; new blocks get this memory's session.
+  // A saved question vector is kept (Q never changes once formed), and the question span of
+  // this memory then has no effect.
+  // Errors: DATA_LOSS for a wrong magic or version, a truncated blob, or sizes and positions
+  // that are inconsistent; FAILED_PRECONDITION naming the first layout field, the layer or the
+  // shape that differs. The memory is unchanged on error.
+  // REQUIRES: no token has been processed.
+  absl::Status Load(std::string_view blob);
 
   int64_t tokens() const { return end_; }
   int32_t num_blocks() const { return static_cast<int32_t>(block_start_.size()); }
@@ -87,6 +113,7 @@ class LayerMemory {
   const int32_t layer_;
   const uint64_t session_;
   const std::optional<QuestionSpan> question_;
+  const bool late_question_;
   BlockStorage* const storage_;
   const double* const inv_freq_;
   const int64_t heads_, kv_heads_, head_dim_, group_, q_dim_, kv_dim_;
@@ -101,8 +128,10 @@ class LayerMemory {
   // Pending tokens: positions [p0_, end_); arrays indexed from pb_.
   int64_t p0_ = 0, end_ = 0, pb_ = 0;
   std::vector<float> pk_, pkr_, pv_, ps_;  // Pre-RoPE K, K rotated at its position, V, scores.
-  // Memory blocks: first position of each, representative vectors [B, q_dim].
+  // Memory blocks: first position and owner (BlockId::session) of each, representative vectors
+  // [B, q_dim].
   std::vector<int64_t> block_start_;
+  std::vector<uint64_t> block_owner_;
   std::vector<float> reprs_;
   // Question: pre-RoPE queries of the span's tokens until Q is formed; then Q [q_dim].
   std::vector<float> question_q_;

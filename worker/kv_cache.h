@@ -3,9 +3,16 @@
 #ifndef QLLM_WORKER_KV_CACHE_H_
 #define QLLM_WORKER_KV_CACHE_H_
 
+#include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <string_view>
 #include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 
 namespace qllm::worker {
 
@@ -33,6 +40,51 @@ class KvCache {
     return static_cast<int64_t>((k_.capacity() + v_.capacity()) * sizeof(float));
   }
 
+  // Appends the rows to *out: magic "QLLMKVC1", kv_dim and size (int64), then the keys and the
+  // values ([size, kv_dim] floats each), all little-endian. Always OK.
+  absl::Status Save(std::string* out) const {
+    const int64_t header[2] = {kv_dim_, size_};
+    out->append(kMagic, sizeof(kMagic));
+    out->append(reinterpret_cast<const char*>(header), sizeof(header));
+    if (size_ > 0) {
+      out->append(reinterpret_cast<const char*>(k_.data()), size_ * kv_dim_ * sizeof(float));
+      out->append(reinterpret_cast<const char*>(v_.data()), size_ * kv_dim_ * sizeof(float));
+    }
+    return absl::OkStatus();
+  }
+
+  // Replaces the rows with those written by Save(). Errors: DATA_LOSS for a wrong magic or a
+  // size that does not match the blob's length; FAILED_PRECONDITION when the blob's kv_dim
+  // differs from this cache's. The cache is unchanged on error.
+  absl::Status Load(std::string_view blob) {
+    int64_t header[2];
+    if (blob.size() < sizeof(kMagic) + sizeof(header) ||
+        std::memcmp(blob.data(), kMagic, sizeof(kMagic)) != 0) {
+      return absl::DataLossError("not a saved KV cache (bad magic or truncated header)");
+    }
+    std::memcpy(header, blob.data() + sizeof(kMagic), sizeof(header));
+    blob.remove_prefix(sizeof(kMagic) + sizeof(header));
+    const int64_t kv_dim = header[0], size = header[1];
+    if (kv_dim != kv_dim_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("KV cache was saved with kv_dim=", kv_dim, ", this session has ", kv_dim_));
+    }
+    const uint64_t row_bytes = static_cast<uint64_t>(kv_dim_) * sizeof(float);
+    if (size < 0 || static_cast<uint64_t>(size) > blob.size() / (2 * row_bytes) ||
+        static_cast<uint64_t>(size) * 2 * row_bytes != blob.size()) {
+      return absl::DataLossError(absl::StrCat("saved KV cache of ", size, " rows holds ",
+                                              blob.size(), " bytes of keys and values"));
+    }
+    size_ = 0;
+    if (size > 0) {
+      Reserve(size);
+      std::memcpy(k_.data(), blob.data(), size * row_bytes);
+      std::memcpy(v_.data(), blob.data() + size * row_bytes, size * row_bytes);
+    }
+    size_ = size;
+    return absl::OkStatus();
+  }
+
  private:
   void Reserve(int64_t tokens) {
     if (tokens * kv_dim_ <= static_cast<int64_t>(k_.size())) return;
@@ -40,6 +92,9 @@ class KvCache {
     k_.resize(cap * kv_dim_);
     v_.resize(cap * kv_dim_);
   }
+
+  static_assert(std::endian::native == std::endian::little, "saved caches are little-endian");
+  static constexpr char kMagic[8] = {'Q', 'L', 'L', 'M', 'K', 'V', 'C', '1'};
 
   const int64_t kv_dim_;
   int64_t size_ = 0;

@@ -17,7 +17,9 @@ absl::string_view Bytes(std::span<const float> values) {
 
 memstore::BlockId MemstoreBlockStorage::ToStoreId(const BlockId& id) const {
   memstore::BlockId out;
-  out.owner = memstore::OwnerId::Session(tenant_, id.session);
+  out.owner = (id.session & kDocumentOwnerBit) != 0
+                  ? memstore::OwnerId::Document(tenant_, id.session & ~kDocumentOwnerBit)
+                  : memstore::OwnerId::Session(tenant_, id.session);
   out.layer = static_cast<uint32_t>(id.layer);
   out.block = static_cast<uint32_t>(id.block);
   return out;
@@ -57,6 +59,7 @@ void MemstoreBlockStorage::Prefetch(std::span<const BlockId> ids) {
 }
 
 absl::Status MemstoreBlockStorage::DeleteSession(uint64_t session) {
+  if ((session & kDocumentOwnerBit) != 0) return absl::OkStatus();
   return store_->CloseSession(tenant_, session);
 }
 

@@ -1,6 +1,9 @@
 // BlockStorage over the RocksDB-backed tiered memory store (memstore/): a session's blocks are
 // ephemeral memstore session blocks of one tenant (no WAL; deleted at DeleteSession and at the
-// next open), read back through the store's host-memory LRU.
+// next open), read back through the store's host-memory LRU. An owner id with kDocumentOwnerBit
+// set names memstore document `id & ~kDocumentOwnerBit` of the tenant instead: its blocks go into
+// the pending document (the caller runs BeginDocument / CommitDocument) and are read back from
+// the committed one.
 #ifndef QLLM_WORKER_MEMSTORE_BLOCK_STORAGE_H_
 #define QLLM_WORKER_MEMSTORE_BLOCK_STORAGE_H_
 
@@ -25,6 +28,8 @@ class MemstoreBlockStorage final : public BlockStorage {
   absl::Status MultiGet(std::span<const BlockId> ids, size_t floats_per_block, float* k_out,
                         float* v_out) override;
   void Prefetch(std::span<const BlockId> ids) override;
+  // Closes memstore session `session`. A document owner id deletes nothing and returns OK:
+  // documents are deleted with memstore::BlockStore::DeleteDocument.
   absl::Status DeleteSession(uint64_t session) override;
 
  private:

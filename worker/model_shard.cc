@@ -1,6 +1,9 @@
 #include "worker/model_shard.h"
 
+#include <bit>
 #include <cmath>
+#include <cstring>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -45,6 +48,23 @@ absl::Status RmsNorm(const float* x, const std::vector<float>& w, float eps, flo
   return cuda::RmsNormRef(p);
 }
 
+// Header of each layer's saved state (SaveSession), followed by the KvCache or LayerMemory blob.
+static_assert(std::endian::native == std::endian::little, "saved sessions are little-endian");
+constexpr char kSessionMagic[8] = {'Q', 'L', 'L', 'M', 'S', 'E', 'S', 'S'};
+constexpr uint32_t kSessionVersion = 1;
+struct LayerBlobHeader {
+  char magic[8];
+  uint32_t version;
+  int32_t mode;  // AttentionMode of the saved session; kFull means a KvCache blob follows.
+  int64_t layer;
+  int64_t position;  // Tokens the session had processed.
+};
+static_assert(sizeof(LayerBlobHeader) == 32);
+
+absl::Status InLayer(int64_t layer, const absl::Status& s) {
+  return absl::Status(s.code(), absl::StrCat("layer ", layer, ": ", s.message()));
+}
+
 }  // namespace
 
 ShardSession::ShardSession(int num_layers, int64_t kv_dim, SessionOptions options)
@@ -85,6 +105,13 @@ absl::StatusOr<std::unique_ptr<ShardSession>> ModelShard::NewSession(
                                                    options.question->end,
                                                    ") is empty or negative"));
   }
+  if (options.late_question && options.memory.uses_memory() && options.question.has_value() &&
+      options.question->end - options.question->begin > options.memory.n_local) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("with late_question the question span [", options.question->begin, ", ",
+                     options.question->end, ") must be at most n_local (", options.memory.n_local,
+                     ") tokens long"));
+  }
   if (options.memory.mode == AttentionMode::kQllm && !options.question.has_value()) {
     return absl::InvalidArgumentError("qllm mode needs the question's token span");
   }
@@ -98,9 +125,92 @@ absl::StatusOr<std::unique_ptr<ShardSession>> ModelShard::NewSession(
     for (int l = 0; l < num_layers; ++l) {
       s->memories_.push_back(std::make_unique<LayerMemory>(
           options.memory, shape, weights_.layer_begin + l, options.session_id, options.question,
-          options.storage, inv_freq_.data()));
+          options.late_question, options.storage, inv_freq_.data()));
     }
   }
+  return s;
+}
+
+absl::StatusOr<std::vector<std::string>> ModelShard::SaveSession(
+    const ShardSession& session) const {
+  const size_t num_layers = weights_.layers.size();
+  const bool memory = session.options_.memory.uses_memory();
+  if ((memory ? session.memories_.size() : session.caches_.size()) != num_layers) {
+    return absl::InvalidArgumentError("the session does not belong to a shard of this size");
+  }
+  std::vector<std::string> blobs(num_layers);
+  for (size_t l = 0; l < num_layers; ++l) {
+    LayerBlobHeader h;
+    std::memcpy(h.magic, kSessionMagic, sizeof(h.magic));
+    h.version = kSessionVersion;
+    h.mode = static_cast<int32_t>(session.options_.memory.mode);
+    h.layer = weights_.layer_begin + static_cast<int64_t>(l);
+    h.position = session.position_;
+    blobs[l].append(reinterpret_cast<const char*>(&h), sizeof(h));
+    RETURN_IF_ERROR(memory ? session.memories_[l]->Save(&blobs[l])
+                           : session.caches_[l].Save(&blobs[l]));
+  }
+  return blobs;
+}
+
+absl::StatusOr<std::unique_ptr<ShardSession>> ModelShard::RestoreSession(
+    const SessionOptions& options, std::span<const std::string> blobs) const {
+  const size_t num_layers = weights_.layers.size();
+  if (blobs.size() != num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(blobs.size(), " saved layer states for a shard of ", num_layers, " layers"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<ShardSession> s, NewSession(options));
+  const bool memory = options.memory.uses_memory();
+  int64_t position = 0;
+  for (size_t l = 0; l < num_layers; ++l) {
+    const int64_t layer = weights_.layer_begin + static_cast<int64_t>(l);
+    std::string_view blob = blobs[l];
+    LayerBlobHeader h;
+    if (blob.size() < sizeof(h) || std::memcmp(blob.data(), kSessionMagic, sizeof(h.magic)) != 0) {
+      return InLayer(layer, absl::DataLossError("not a saved session layer (bad magic)"));
+    }
+    std::memcpy(&h, blob.data(), sizeof(h));
+    blob.remove_prefix(sizeof(h));
+    if (h.version != kSessionVersion || h.mode < static_cast<int32_t>(AttentionMode::kFull) ||
+        h.mode > static_cast<int32_t>(AttentionMode::kQllm) || h.position < 0 ||
+        (l > 0 && h.position != position)) {
+      return InLayer(layer, absl::DataLossError(
+                                absl::StrCat("damaged saved session header: version ", h.version,
+                                             ", mode ", h.mode, ", position ", h.position)));
+    }
+    position = h.position;
+    if (h.layer != layer) {
+      return InLayer(layer, absl::FailedPreconditionError(
+                                absl::StrCat("the saved state is of layer ", h.layer)));
+    }
+    const AttentionMode saved = static_cast<AttentionMode>(h.mode);
+    if ((saved != AttentionMode::kFull) != memory) {
+      return InLayer(
+          layer, absl::FailedPreconditionError(absl::StrCat(
+                     "state was saved in ", AttentionModeName(saved), " mode, this session uses ",
+                     AttentionModeName(options.memory.mode), " mode")));
+    }
+    absl::Status st = memory ? s->memories_[l]->Load(blob) : s->caches_[l].Load(blob);
+    if (!st.ok()) return InLayer(layer, st);
+    const int64_t tokens = memory ? s->memories_[l]->tokens() : s->caches_[l].size();
+    if (tokens != position) {
+      return InLayer(layer, absl::DataLossError(absl::StrCat(
+                                "state of ", tokens, " tokens saved at position ", position)));
+    }
+  }
+  if (options.question.has_value()) {
+    if (!options.late_question) {
+      return absl::InvalidArgumentError(
+          "a question for a restored session needs late_question (the sinks are filled)");
+    }
+    if (options.question->begin < position) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the question span [", options.question->begin, ", ", options.question->end,
+                       ") starts before the restored position ", position));
+    }
+  }
+  s->position_ = position;
   return s;
 }
 

@@ -23,11 +23,21 @@ namespace qllm::worker {
 struct SessionOptions {
   // Attention mode and Q-LLM parameters. Default: full attention.
   MemoryConfig memory;
-  // The question's token span (qllm mode); must lie in the first prefill call.
+  // The question's token span (qllm mode); must lie in the first prefill call unless
+  // late_question is set.
   std::optional<QuestionSpan> question;
+  // The question span may lie after the attention sinks have filled, e.g. a question asked of a
+  // restored document (ModelShard::RestoreSession). Q is then formed at the commit of the
+  // execution chunk that completes the span, before that commit cuts blocks, from the span
+  // tokens' own local scores exactly as step 5b computes it; if the sinks first fill after the
+  // span is complete, step 5b forms Q as usual. With a context memory the span may then be at
+  // most n_local tokens long. Default: false (the question must be processed before the sinks
+  // fill).
+  bool late_question = false;
   // Where memory blocks go; required unless memory.mode is kFull. Must outlive the session.
   BlockStorage* storage = nullptr;
-  // Owner id of this session's blocks in `storage`.
+  // Owner id of the blocks this session cuts in `storage`. An ingesting session whose state
+  // is persisted as a document uses kDocumentOwnerBit | document id.
   uint64_t session_id = 0;
   // Keep every chunk's block selection for introspection. Default: false.
   bool record_selections = false;
@@ -89,8 +99,29 @@ class ModelShard {
   std::unique_ptr<ShardSession> NewSession() const;
   // A session with the given attention options. Errors: INVALID_ARGUMENT for an invalid
   // memory configuration (also against this model, e.g. its rope base), a missing block
-  // storage, or a malformed question span.
+  // storage, a malformed question span, or a late question longer than n_local.
   absl::StatusOr<std::unique_ptr<ShardSession>> NewSession(const SessionOptions& options) const;
+
+  // Serializes the attention state of `session` (a session of this shard), one blob per layer
+  // of the shard (index 0 is layer_begin()): a header with the layer, the position and whether
+  // it holds a KV cache (full mode) or a context memory, then KvCache::Save() or
+  // LayerMemory::Save(). Block K/V stay in the block storage under their owners and are not
+  // part of the blobs. Errors: INVALID_ARGUMENT when the session does not have this shard's
+  // number of layers.
+  absl::StatusOr<std::vector<std::string>> SaveSession(const ShardSession& session) const;
+
+  // A session like NewSession(options) whose layers are restored from `blobs` (written by
+  // SaveSession() of a shard over the same layers); its position is the saved position. The
+  // restored blocks keep the owner they were saved with (the saving session's id), so
+  // options.storage must hold them; new blocks go to options.session_id. Retrieval settings
+  // (topk, question_weight, infllm vs qllm) may differ from the saved session's.
+  // Errors: those of NewSession(options); INVALID_ARGUMENT when blobs.size() differs from the
+  // shard's number of layers, or when options.question starts before the saved position or
+  // lacks options.late_question; FAILED_PRECONDITION when the saved mode (full, streaming,
+  // block modes), layer, shape or layout configuration differs (the message names it);
+  // DATA_LOSS for a damaged or inconsistent blob. Messages name the layer.
+  absl::StatusOr<std::unique_ptr<ShardSession>> RestoreSession(
+      const SessionOptions& options, std::span<const std::string> blobs) const;
 
   // Writes the embeddings of `tokens` into hidden[tokens.size(), hidden_size].
   // Errors: FAILED_PRECONDITION without an embedding; INVALID_ARGUMENT for ids outside the

@@ -113,5 +113,25 @@ TEST_F(MemstoreBlockStorageTest, WrongBlockSizeIsDataLoss) {
               StatusIs(absl::StatusCode::kDataLoss));
 }
 
+TEST_F(MemstoreBlockStorageTest, DocumentOwnerIdsAreMemstoreDocuments) {
+  MemstoreBlockStorage disk(store_.get(), 1);
+  std::vector<float> k(16, 1.0f), v(16, 2.0f), k_out(16), v_out(16);
+  const BlockId id{kDocumentOwnerBit | 5, 0, 0};
+  // A document block needs a pending document of that id.
+  EXPECT_THAT(disk.Put(id, k, v), StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_OK(store_->BeginDocument(1, 5));
+  ASSERT_OK(disk.Put(id, k, v));
+  ASSERT_OK(store_->CommitDocument(1, 5));
+  ASSERT_OK_AND_ASSIGN(memstore::BlockRef block,
+                       store_->GetBlock({memstore::OwnerId::Document(1, 5), 0, 0}));
+  EXPECT_EQ(block->k().size(), k.size() * sizeof(float));
+  // DeleteSession never deletes a document; session 5 is another owner.
+  ASSERT_OK(disk.DeleteSession(kDocumentOwnerBit | 5));
+  ASSERT_OK(disk.DeleteSession(5));
+  ASSERT_OK(disk.MultiGet({&id, 1}, k.size(), k_out.data(), v_out.data()));
+  EXPECT_EQ(k_out, k);
+  EXPECT_EQ(v_out, v);
+}
+
 }  // namespace
 }  // namespace qllm::worker
