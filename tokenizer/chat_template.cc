@@ -135,6 +135,9 @@ absl::StatusOr<ChatTemplate> GetChatTemplate(std::string_view name) {
             "<|start_header_id|>user<|end_header_id|>\n\n{question}\n\n{context}\n\n"
             "{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
         .special_tokens = {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"},
+        .document_body = "<|start_header_id|>user<|end_header_id|>\n\n{context}",
+        .followup_body =
+            "\n\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
     };
   }
   if (name == "mistral-inst") {
@@ -144,23 +147,30 @@ absl::StatusOr<ChatTemplate> GetChatTemplate(std::string_view name) {
         .system_block = "{system}\n\n",
         .body = "{question}\n\n{context}\n\n{question} [/INST]",
         .special_tokens = {},
+        .document_body = "{context}",
+        .followup_body = "\n\n{question} [/INST]",
     };
   }
   if (name == "qllm-tiny") {
+    // tools/train/corpus.py TEMPLATE, which the model was trained on. Training documents begin
+    // with a space (every filler sentence is " Sentence."), so the trimmed context gets one back.
     return ChatTemplate{
         .name = "qllm-tiny",
-        .prefix = "{bos}",
-        .system_block = "{system}\n\n",
-        .body = "Question: {question}\n\nContext: {context}\n\nQuestion: {question}\nAnswer:",
-        .special_tokens = {},
+        .prefix = "<|begin_of_text|>",
+        .system_block = "",
+        .body = "<|question|>{question}<|context|> {context}<|question|>{question}<|answer|>",
+        .special_tokens = {"<|begin_of_text|>", "<|question|>", "<|context|>", "<|answer|>"},
+        .document_body = "<|context|> {context}",
+        .followup_body = "<|question|>{question}<|answer|>",
     };
   }
   return absl::NotFoundError(absl::StrCat("unknown chat template ", internal::ToAbsl(name)));
 }
 
-absl::StatusOr<ChatPrompt> BuildChatPrompt(const Tokenizer& tokenizer, const ChatTemplate& tmpl,
-                                           std::string_view system, std::string_view question,
-                                           std::string_view context) {
+namespace {
+
+absl::StatusOr<internal::SpecialMatcher> MakeMatcher(const Tokenizer& tokenizer,
+                                                     const ChatTemplate& tmpl) {
   std::vector<SpecialToken> specials;
   for (const std::string& text : tmpl.special_tokens) {
     absl::StatusOr<int32_t> id = FindSpecialToken(tokenizer, text);
@@ -170,12 +180,24 @@ absl::StatusOr<ChatPrompt> BuildChatPrompt(const Tokenizer& tokenizer, const Cha
     }
     specials.push_back({text, *id});
   }
-  const internal::SpecialMatcher matcher(specials);
+  return internal::SpecialMatcher(specials);
+}
+
+}  // namespace
+
+absl::StatusOr<ChatPrompt> BuildChatPrompt(const Tokenizer& tokenizer, const ChatTemplate& tmpl,
+                                           std::string_view system, std::string_view question,
+                                           std::string_view context) {
+  ASSIGN_OR_RETURN(const internal::SpecialMatcher matcher, MakeMatcher(tokenizer, tmpl));
   Builder b{.tokenizer = tokenizer,
             .system = Trim(system),
             .question = Trim(question),
             .context = Trim(context)};
   if (b.question.empty()) return absl::InvalidArgumentError("empty question");
+  if (!b.system.empty() && tmpl.system_block.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chat template ", tmpl.name, " has no system turn"));
+  }
   RETURN_IF_ERROR(b.AddPattern(tmpl.prefix, matcher));
   if (!b.system.empty()) RETURN_IF_ERROR(b.AddPattern(tmpl.system_block, matcher));
   RETURN_IF_ERROR(b.AddPattern(tmpl.body, matcher));
@@ -183,6 +205,41 @@ absl::StatusOr<ChatPrompt> BuildChatPrompt(const Tokenizer& tokenizer, const Cha
   if (!b.has_question_placeholder || !b.has_context_placeholder) {
     return absl::InvalidArgumentError(
         absl::StrCat("chat template ", tmpl.name, " body lacks {question} or {context}"));
+  }
+  return std::move(b.prompt);
+}
+
+absl::StatusOr<ChatPrompt> BuildDocumentPrompt(const Tokenizer& tokenizer, const ChatTemplate& tmpl,
+                                               std::string_view system, std::string_view context) {
+  ASSIGN_OR_RETURN(const internal::SpecialMatcher matcher, MakeMatcher(tokenizer, tmpl));
+  Builder b{
+      .tokenizer = tokenizer, .system = Trim(system), .question = {}, .context = Trim(context)};
+  if (b.context.empty()) return absl::InvalidArgumentError("empty document");
+  if (!b.system.empty() && tmpl.system_block.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chat template ", tmpl.name, " has no system turn"));
+  }
+  RETURN_IF_ERROR(b.AddPattern(tmpl.prefix, matcher));
+  if (!b.system.empty()) RETURN_IF_ERROR(b.AddPattern(tmpl.system_block, matcher));
+  RETURN_IF_ERROR(b.AddPattern(tmpl.document_body, matcher));
+  RETURN_IF_ERROR(b.FlushRun());
+  if (b.has_question_placeholder || !b.has_context_placeholder) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chat template ", tmpl.name, " document_body must use {context} and not {question}"));
+  }
+  return std::move(b.prompt);
+}
+
+absl::StatusOr<ChatPrompt> BuildFollowupPrompt(const Tokenizer& tokenizer, const ChatTemplate& tmpl,
+                                               std::string_view question) {
+  ASSIGN_OR_RETURN(const internal::SpecialMatcher matcher, MakeMatcher(tokenizer, tmpl));
+  Builder b{.tokenizer = tokenizer, .system = {}, .question = Trim(question), .context = {}};
+  if (b.question.empty()) return absl::InvalidArgumentError("empty question");
+  RETURN_IF_ERROR(b.AddPattern(tmpl.followup_body, matcher));
+  RETURN_IF_ERROR(b.FlushRun());
+  if (!b.has_question_placeholder || b.has_context_placeholder) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chat template ", tmpl.name, " followup_body must use {question} and not {context}"));
   }
   return std::move(b.prompt);
 }

@@ -30,13 +30,19 @@ struct ChatTemplate {
   std::string name;
   // Rendered first.
   std::string prefix;
-  // Rendered after `prefix` only when the system text is non-empty; may use {system}.
+  // Rendered after `prefix` only when the system text is non-empty; may use {system}. Empty
+  // means the template has no system turn (BuildChatPrompt rejects system text).
   std::string system_block;
   // Rendered last; must use {question} at least once and {context} once.
   std::string body;
   // Strings in the patterns that must be emitted as special tokens; each must be a special
   // token of the tokenizer.
   std::vector<std::string> special_tokens;
+  // Stored documents (ingested without a question, asked later): the document prompt is
+  // prefix + system_block + document_body (uses {context}, not {question}); a question about
+  // it is followup_body (uses {question}, not {context}) appended after the document's tokens.
+  std::string document_body;
+  std::string followup_body;
 };
 
 // A tokenized prompt. ids[question_begin, question_end) are the tokens that cover the first
@@ -48,10 +54,17 @@ struct ChatPrompt {
   int64_t question_end = 0;
 };
 
-// Built-in templates: "llama-3-inst" (Llama-3 Instruct headers), "mistral-inst"
-// ("<s>[INST] ... [/INST]", system text prepended to the user turn as in Mistral's template) and
-// "qllm-tiny" (plain "Question:/Context:/Answer:" markers after {bos}; needs no special tokens
-// beyond bos, so the project's small built-in model can use it with any tokenizer).
+// Built-in templates:
+//  - "llama-3-inst": Llama-3 Instruct headers.
+//  - "mistral-inst": "<s>[INST] ... [/INST]", system text prepended to the user turn as in
+//    Mistral's template.
+//  - "qllm-tiny": the prompt the built-in model (models/qllm-tiny) was trained on, exactly
+//    tools/train/corpus.py's TEMPLATE:
+//      <|begin_of_text|><|question|>{question}<|context|> {context}<|question|>{question}<|answer|>
+//    The answer follows <|answer|> and ends with <|eot|> (the model's eos). The space before
+//    {context} restores the leading space every training document has (inserted text is
+//    trimmed). Needs the special tokens <|begin_of_text|>, <|question|>, <|context|> and
+//    <|answer|> (the model's tokenizer has them); it has no system turn.
 // Returns kNotFound for any other name.
 absl::StatusOr<ChatTemplate> GetChatTemplate(std::string_view name);
 
@@ -59,13 +72,26 @@ absl::StatusOr<ChatTemplate> GetChatTemplate(std::string_view name);
 std::vector<std::string> ChatTemplateNames();
 
 // Builds the prompt of `tmpl` for `tokenizer`.
-// Returns kInvalidArgument when the question is empty after trimming, when a pattern has an
-// unknown {placeholder} or an unclosed '{', or when the body lacks {question} or {context};
+// Returns kInvalidArgument when the question is empty after trimming, when system text is given
+// to a template without a system turn, when a pattern has an unknown {placeholder} or an
+// unclosed '{', or when the body lacks {question} or {context};
 // kFailedPrecondition when the tokenizer lacks one of tmpl.special_tokens; the tokenizer's
 // errors otherwise (kInvalidArgument for text that is not UTF-8).
 absl::StatusOr<ChatPrompt> BuildChatPrompt(const Tokenizer& tokenizer, const ChatTemplate& tmpl,
                                            std::string_view system, std::string_view question,
                                            std::string_view context);
+
+// The prompt of a stored document (no question; question_begin == question_end == 0).
+// Errors as BuildChatPrompt; kInvalidArgument when document_body lacks {context} or uses
+// {question}, or when the context is empty after trimming.
+absl::StatusOr<ChatPrompt> BuildDocumentPrompt(const Tokenizer& tokenizer, const ChatTemplate& tmpl,
+                                               std::string_view system, std::string_view context);
+
+// The tokens of a question about a stored document, to run after the document's tokens; the
+// question span is relative to the returned ids. Errors as BuildChatPrompt; kInvalidArgument
+// when followup_body lacks {question} or uses {context}.
+absl::StatusOr<ChatPrompt> BuildFollowupPrompt(const Tokenizer& tokenizer, const ChatTemplate& tmpl,
+                                               std::string_view question);
 
 }  // namespace qllm::tokenizer
 

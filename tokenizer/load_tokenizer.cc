@@ -1,5 +1,6 @@
 #include "tokenizer/load_tokenizer.h"
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -8,7 +9,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "tokenizer/bpe_tokenizer.h"
-#include "tokenizer/sentencepiece_tokenizer.h"
 
 namespace qllm::tokenizer {
 namespace {
@@ -36,7 +36,11 @@ BpeOptions ReadBpeOptions(const std::filesystem::path& config_path) {
   return options;
 }
 
+std::atomic<SentencePieceLoader> g_sentencepiece_loader{nullptr};
+
 }  // namespace
+
+void SetSentencePieceLoader(SentencePieceLoader loader) { g_sentencepiece_loader.store(loader); }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& model_dir) {
   const std::filesystem::path dir(model_dir);
@@ -55,9 +59,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& mode
     }
   }
   if (has_model) {
-    ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceTokenizer> sp,
-                     SentencePieceTokenizer::FromFile(model_path.string()));
-    return std::unique_ptr<Tokenizer>(std::move(sp));
+    const SentencePieceLoader loader = g_sentencepiece_loader.load();
+    if (loader == nullptr) {
+      return absl::UnimplementedError(
+          absl::StrCat(model_path.string(),
+                       ": this binary reads tokenizer.json only (no "
+                       "SentencePiece support); add the model's tokenizer.json"));
+    }
+    return loader(model_path.string());
   }
   return absl::NotFoundError(absl::StrCat("no tokenizer.json or tokenizer.model in ", model_dir));
 }

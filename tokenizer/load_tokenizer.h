@@ -19,7 +19,16 @@ namespace qllm::tokenizer {
 // Returns kNotFound when neither file exists, kUnimplemented when only an unsupported
 // tokenizer.json exists, and the loaders' errors otherwise (kInvalidArgument for malformed
 // files), prefixed with the path.
+// Only binaries linked with qllm_tokenizer_sentencepiece read tokenizer.model files (elsewhere
+// that case is kUnimplemented): Debian's libsentencepiece carries its own copy of protobuf
+// 3.14, whose exported symbols clash with libprotobuf 3.21 in a process that also uses gRPC,
+// so the service binaries leave it out and read tokenizer.json.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& model_dir);
+
+// How LoadTokenizer opens tokenizer.model; installed by qllm_tokenizer_sentencepiece at start-up.
+using SentencePieceLoader =
+    absl::StatusOr<std::unique_ptr<Tokenizer>> (*)(const std::string& model_path);
+void SetSentencePieceLoader(SentencePieceLoader loader);
 
 }  // namespace qllm::tokenizer
 

@@ -12,6 +12,7 @@
 #include "tokenizer/internal/special_matcher.h"
 #include "tokenizer/internal/strings.h"
 #include "tokenizer/internal/utf8.h"
+#include "tokenizer/load_tokenizer.h"
 
 namespace qllm::tokenizer {
 namespace {
@@ -203,5 +204,19 @@ absl::StatusOr<std::string> SentencePieceTokenizer::DecodeWithLibrary(
   }
   return text;
 }
+
+namespace {
+
+// Makes LoadTokenizer read tokenizer.model in every binary that links this file.
+const bool kRegistered = [] {
+  SetSentencePieceLoader([](const std::string& path) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
+    ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceTokenizer> sp,
+                     SentencePieceTokenizer::FromFile(path));
+    return std::unique_ptr<Tokenizer>(std::move(sp));
+  });
+  return true;
+}();
+
+}  // namespace
 
 }  // namespace qllm::tokenizer

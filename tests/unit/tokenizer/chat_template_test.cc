@@ -45,16 +45,42 @@ TEST(ChatTemplate, Llama3PutsQuestionBeforeAndAfterContext) {
   EXPECT_EQ(p.ids[p.question_begin - 1], '\n');
 }
 
-TEST(ChatTemplate, SpanIsExactlyTheQuestionWhenBoundariesAreClean) {
+TEST(ChatTemplate, QllmTinyIsTheTrainingTemplate) {
+  // tools/train/corpus.py TEMPLATE; tests/model/ checks the ids against the training code.
   auto tok = TinyBpe();
   ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, GetChatTemplate("qllm-tiny"));
   ASSERT_OK_AND_ASSIGN(ChatPrompt p, BuildChatPrompt(*tok, tmpl, "", "who won", "nobody"));
-  EXPECT_EQ(p.ids.front(), 300);
-  // " " is its own byte token here ("Ġw" is not in the tiny vocabulary).
-  EXPECT_EQ(DecodeSpan(*tok, p), "who won");
   EXPECT_THAT(tok->Decode(p.ids),
-              IsOkAndHolds("<|begin_of_text|>Question: who won\n\nContext: nobody\n\n"
-                           "Question: who won\nAnswer:"));
+              IsOkAndHolds("<|begin_of_text|><|question|>who won<|context|> nobody"
+                           "<|question|>who won<|answer|>"));
+  EXPECT_EQ(p.ids.front(), 300);
+  EXPECT_EQ(p.ids.back(), 307);
+  // The span is exactly the tokens between the first <|question|> and <|context|>.
+  EXPECT_EQ(p.question_begin, 2);
+  EXPECT_EQ(p.ids[p.question_begin - 1], 305);
+  EXPECT_EQ(p.ids[p.question_end], 306);
+  EXPECT_EQ(DecodeSpan(*tok, p), "who won");
+  EXPECT_EQ(std::count(p.ids.begin(), p.ids.end(), 305), 2);
+}
+
+TEST(ChatTemplate, QllmTinyContextStartsWithExactlyOneSpace) {
+  // Training documents are " Sentence. Sentence." whatever whitespace the caller adds.
+  auto tok = TinyBpe();
+  ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, GetChatTemplate("qllm-tiny"));
+  ASSERT_OK_AND_ASSIGN(ChatPrompt a, BuildChatPrompt(*tok, tmpl, "", "q", "the end."));
+  ASSERT_OK_AND_ASSIGN(ChatPrompt b, BuildChatPrompt(*tok, tmpl, "", " q\n", "  the end. \n"));
+  EXPECT_EQ(a.ids, b.ids);
+  EXPECT_THAT(tok->Decode(a.ids),
+              IsOkAndHolds("<|begin_of_text|><|question|>q<|context|> the end.<|question|>q"
+                           "<|answer|>"));
+}
+
+TEST(ChatTemplate, QllmTinyHasNoSystemTurn) {
+  auto tok = TinyBpe();
+  ASSERT_OK_AND_ASSIGN(ChatTemplate tmpl, GetChatTemplate("qllm-tiny"));
+  EXPECT_THAT(BuildChatPrompt(*tok, tmpl, "Be brief.", "q", "c"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_OK(BuildChatPrompt(*tok, tmpl, " \n", "q", "c").status());
 }
 
 TEST(ChatTemplate, UserTextCannotInjectSpecialTokens) {
@@ -77,6 +103,9 @@ TEST(ChatTemplate, MistralOnSentencePiece) {
               IsOkAndHolds("<s>[INST] sys\n\nwhat is it\n\nthe context\n\nwhat is it [/INST]"));
   EXPECT_THAT(DecodeSpan(*tok, p), HasSubstr("what is it"));
   EXPECT_THAT(BuildChatPrompt(*tok, *GetChatTemplate("llama-3-inst"), "", "q", "c"),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  // qllm-tiny needs the built-in model's special tokens.
+  EXPECT_THAT(BuildChatPrompt(*tok, *GetChatTemplate("qllm-tiny"), "", "q", "c"),
               StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 

@@ -24,8 +24,9 @@ std::string TinyBpeJson(bool ignore_merges) {
   }
   json added = json::array();
   const char* specials[] = {"<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                            "<|end_header_id|>", "<|eot_id|>"};
-  for (int i = 0; i < 5; ++i) {
+                            "<|end_header_id|>", "<|eot_id|>",      "<|question|>",
+                            "<|context|>",       "<|answer|>"};
+  for (int i = 0; i < 8; ++i) {
     added.push_back({{"id", 300 + i},
                      {"content", specials[i]},
                      {"single_word", false},
