@@ -20,6 +20,7 @@ get_filename_component(QLLM_OPENBLAS_DIR ${QLLM_OPENBLAS_LIB} DIRECTORY)
 set(CMAKE_BUILD_RPATH ${QLLM_OPENBLAS_DIR})
 
 find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
 find_package(yaml-cpp REQUIRED)
 if(QLLM_BUILD_TESTS)
   find_package(GTest REQUIRED)

@@ -1,0 +1,135 @@
+// The coordinator's engine, independent of gRPC: tokenizer and chat template, placement of layer
+// ranges over the stages, the pipelined prefill driver, the decode loop with streaming, the
+// document catalogue, admission limits, deadlines and cancellation. The gRPC services
+// (coordinator_service.h) validate nothing themselves: every request check lives here, so the
+// embedded mode (in-process stages) and the distributed mode (gRPC stages) behave the same.
+#ifndef QLLM_COORDINATOR_COORDINATOR_H_
+#define QLLM_COORDINATOR_COORDINATOR_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/catalogue.h"
+#include "coordinator/stage.h"
+#include "qllm/v1/admin.pb.h"
+#include "qllm/v1/qllm.pb.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+#include "worker/memory_config.h"
+
+namespace qllm::coordinator {
+
+struct CoordinatorOptions {
+  // Checkpoint directory (config.json, *.safetensors, tokenizer.json); every worker must see
+  // the same files at this path.
+  std::string model_dir;
+  // Chat template name (tokenizer/chat_template.h); empty picks one from the tokenizer's
+  // special tokens (qllm-tiny, llama-3-inst, else mistral-inst).
+  std::string chat_template;
+  // The attention used when a request leaves memory fields unset.
+  worker::MemoryConfig default_memory;
+  // Directory of the document catalogue (RocksDB); empty: documents are unsupported.
+  std::string data_dir;
+  // Admission limits: requests (asks and ingests) running at once, and prompt tokens.
+  int32_t max_sessions = 8;
+  int64_t max_prompt_tokens = 2'000'000;
+  // Prompt tokens per pipeline chunk, and chunks in flight at once (stages overlap).
+  int64_t chunk_tokens = 512;
+  int32_t max_inflight_chunks = 4;
+  // Deadline of control calls to workers (open, close, persist...).
+  absl::Duration control_timeout = absl::Seconds(30);
+};
+
+// Per-call context: the client's deadline and a cancellation probe (client gone or cancelled).
+struct CallContext {
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()> cancelled = [] { return false; };
+};
+
+// Receives a call's streamed events (from the calling thread).
+class AskSink {
+ public:
+  virtual ~AskSink() = default;
+  virtual void Progress(int64_t done, int64_t total) = 0;
+  virtual void TextDelta(const std::string& text) = 0;
+};
+
+class Coordinator {
+ public:
+  // Takes the stages in pipeline order (one per worker). Loads the tokenizer and config,
+  // opens the catalogue. Workers are contacted lazily (each call makes sure they serve).
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(
+      CoordinatorOptions options, std::vector<std::unique_ptr<Stage>> stages);
+  ~Coordinator();
+
+  // Makes every stage serve its layers (Register, LoadShard when missing). UNAVAILABLE names
+  // the first stage that cannot.
+  absl::Status EnsureReady(absl::Time deadline);
+
+  // Errors: INVALID_ARGUMENT (the field named), NOT_FOUND (unknown document),
+  // RESOURCE_EXHAUSTED (admission), UNAVAILABLE (a stage down), DEADLINE_EXCEEDED, CANCELLED,
+  // FAILED_PRECONDITION (a document computed by another model or with an incompatible layout),
+  // DATA_LOSS (a damaged document).
+  absl::StatusOr<v1::AskResult> Ask(const v1::AskRequest& request, const CallContext& call,
+                                    AskSink* sink);
+  // Ingests `text` as a document without a question. ALREADY_EXISTS for an existing id with
+  // other text (the same text returns the stored document).
+  absl::StatusOr<v1::Document> CreateDocument(const v1::DocumentMetadata& metadata,
+                                              const std::string& text, const CallContext& call,
+                                              AskSink* sink);
+  absl::StatusOr<v1::Document> GetDocument(const std::string& document_id) const;
+  absl::StatusOr<v1::ListDocumentsResponse> ListDocuments(const v1::ListDocumentsRequest& r) const;
+  absl::Status DeleteDocument(const std::string& document_id, const CallContext& call);
+  v1::ClusterStatus GetClusterStatus();
+
+  // Checks of a CreateDocument's first message (used by the service before reading text).
+  absl::Status ValidateMetadata(const v1::DocumentMetadata& metadata) const;
+  const CoordinatorOptions& options() const { return options_; }
+  const tokenizer::Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  struct Placement {
+    worker::ShardSpec spec;
+    uint64_t incarnation = 0;
+    bool ready = false;
+    std::string fingerprint;
+  };
+  struct Prompt;
+  class SessionSlot;
+
+  Coordinator(CoordinatorOptions options, std::vector<std::unique_ptr<Stage>> stages);
+  absl::StatusOr<SessionSlot> Admit();
+  absl::Status ValidateAsk(const v1::AskRequest& r, worker::MemoryConfig* memory) const;
+  absl::StatusOr<v1::AskResult> RunAsk(const v1::AskRequest& r, const worker::MemoryConfig& memory,
+                                       const CallContext& call, AskSink* sink);
+  v1::Document ToProto(const DocumentEntry& e) const;
+  absl::Status StageError(size_t stage, const absl::Status& s) const;
+
+  const CoordinatorOptions options_;
+  const std::vector<std::unique_ptr<Stage>> stages_;
+  model::ModelConfig config_;
+  std::string fingerprint_;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
+  tokenizer::ChatTemplate template_;
+  std::vector<int32_t> stop_tokens_;
+  std::unique_ptr<Catalogue> catalogue_;
+
+  absl::Mutex placement_mu_;
+  std::vector<Placement> placement_ ABSL_GUARDED_BY(placement_mu_);
+
+  absl::Mutex admission_mu_;
+  int32_t active_ ABSL_GUARDED_BY(admission_mu_) = 0;
+  absl::Mutex documents_mu_;  // Serializes catalogue writes of one coordinator.
+  std::atomic<uint64_t> next_session_id_;
+};
+
+}  // namespace qllm::coordinator
+
+#endif  // QLLM_COORDINATOR_COORDINATOR_H_

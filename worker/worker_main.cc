@@ -1,0 +1,69 @@
+// qllm-worker: serves one layer shard of the model over qllm.v1.Worker (and grpc.health.v1).
+// The coordinator tells it which layers to load.
+#include <csignal>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/logging.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "worker/worker_service.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:0",
+          "host:port to serve on; port 0 picks a free port (see --port_file)");
+ABSL_FLAG(std::string, port_file, "", "write the bound port to this file once serving");
+ABSL_FLAG(std::string, worker_id, "", "id reported to the coordinator (default: the address)");
+ABSL_FLAG(std::string, store_dir, "",
+          "directory of the worker's memory store (RocksDB); required for documents");
+ABSL_FLAG(int64_t, host_cache_mb, 1024, "host-memory tier of the memory store, MiB");
+ABSL_FLAG(int32_t, max_sessions, 256, "sessions open at once");
+ABSL_FLAG(int32_t, session_idle_timeout_s, 600, "close sessions idle this long");
+
+namespace {
+
+// Every durable state is committed with a synced write, so stopping is the same as crashing:
+// exit at once (in-flight sessions are the coordinator's to retry).
+void HandleSignal(int) { std::_Exit(0); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("qllm-worker --listen=HOST:PORT --store_dir=DIR");
+  absl::ParseCommandLine(argc, argv);
+  qllm::worker::WorkerOptions options;
+  options.worker_id = absl::GetFlag(FLAGS_worker_id);
+  options.store_dir = absl::GetFlag(FLAGS_store_dir);
+  options.host_cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_host_cache_mb)) << 20;
+  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.session_idle_timeout = absl::Seconds(absl::GetFlag(FLAGS_session_idle_timeout_s));
+  if (options.worker_id.empty()) options.worker_id = absl::GetFlag(FLAGS_listen);
+
+  qllm::worker::WorkerCore core(options);
+  qllm::worker::WorkerService service(&core);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(qllm::worker::kMaxRpcMessageBytes);
+  builder.SetMaxSendMessageSize(qllm::worker::kMaxRpcMessageBytes);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    QLLM_LOG(ERROR) << "cannot listen on " << absl::GetFlag(FLAGS_listen);
+    return 1;
+  }
+  std::signal(SIGTERM, HandleSignal);
+  std::signal(SIGINT, HandleSignal);
+  if (const std::string f = absl::GetFlag(FLAGS_port_file); !f.empty()) {
+    const std::string tmp = f + ".tmp";
+    std::ofstream(tmp) << port << "\n";
+    std::rename(tmp.c_str(), f.c_str());
+  }
+  QLLM_LOG(INFO) << "qllm-worker " << options.worker_id << " serving on port " << port;
+  server->Wait();
+  return 0;
+}

@@ -1,0 +1,168 @@
+#include "worker/worker_service.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "worker/rpc_convert.h"
+
+namespace qllm::worker {
+namespace {
+
+template <typename T>
+void ToBytes(const std::vector<T>& v, std::string* out) {
+  out->resize(v.size() * sizeof(T));
+  if (!v.empty()) std::memcpy(out->data(), v.data(), out->size());
+}
+
+template <typename T>
+absl::Status FromBytes(const std::string& bytes, const char* what, std::vector<T>* out) {
+  if (bytes.size() % sizeof(T) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": ", bytes.size(), " bytes is not a whole number of values"));
+  }
+  out->resize(bytes.size() / sizeof(T));
+  if (!bytes.empty()) std::memcpy(out->data(), bytes.data(), bytes.size());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void ActivationsToRequest(const Activations& a, v1::RunChunkRequest* r) {
+  r->set_session_id(a.session_id);
+  r->set_position(a.position);
+  r->set_tokens(a.tokens);
+  r->set_all_logits(a.all_logits);
+  if (!a.ids.empty()) {
+    r->mutable_token_ids()->mutable_ids()->Assign(a.ids.begin(), a.ids.end());
+  } else {
+    ToBytes(a.hidden, r->mutable_hidden());
+  }
+}
+
+absl::Status ActivationsFromRequest(const v1::RunChunkRequest& r, Activations* a) {
+  a->session_id = r.session_id();
+  a->position = r.position();
+  a->tokens = r.tokens();
+  a->all_logits = r.all_logits();
+  a->ids.assign(r.token_ids().ids().begin(), r.token_ids().ids().end());
+  a->logits.clear();
+  a->selections.clear();
+  return FromBytes(r.hidden(), "hidden", &a->hidden);
+}
+
+void ActivationsToResponse(const Activations& a, v1::RunChunkResponse* r) {
+  r->set_position(a.position);
+  r->set_tokens(a.tokens);
+  if (!a.logits.empty()) {
+    ToBytes(a.logits, r->mutable_logits());
+  } else {
+    ToBytes(a.hidden, r->mutable_hidden());
+  }
+  for (const ChunkSelection& s : a.selections) SelectionToProto(s, r->add_selections());
+}
+
+absl::Status ActivationsFromResponse(const v1::RunChunkResponse& r, Activations* a) {
+  a->position = r.position();
+  a->ids.clear();
+  if (r.has_logits()) {
+    a->hidden.clear();
+    if (absl::Status s = FromBytes(r.logits(), "logits", &a->logits); !s.ok()) return s;
+  } else {
+    a->logits.clear();
+    if (absl::Status s = FromBytes(r.hidden(), "hidden", &a->hidden); !s.ok()) return s;
+  }
+  for (const auto& s : r.selections()) a->selections.push_back(SelectionFromProto(s));
+  return absl::OkStatus();
+}
+
+grpc::Status WorkerService::Register(grpc::ServerContext*, const v1::RegisterRequest*,
+                                     v1::RegisterResponse* response) {
+  response->set_worker_id(core_->options().worker_id);
+  response->set_incarnation(core_->incarnation());
+  if (auto spec = core_->shard(); spec.has_value()) {
+    *response->mutable_shard() = ShardSpecToProto(*spec);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardRequest* request,
+                                      v1::LoadShardResponse* response) {
+  auto info = core_->LoadShard(ShardSpecFromProto(*request));
+  if (!info.ok()) return ToGrpc(info.status());
+  v1::ModelInfo* m = response->mutable_model();
+  m->set_architecture(info->config.architecture);
+  m->set_num_layers(info->config.num_layers);
+  m->set_hidden_size(info->config.hidden_size);
+  m->set_num_attention_heads(info->config.num_heads);
+  m->set_num_key_value_heads(info->config.num_kv_heads);
+  m->set_head_dim(info->config.head_dim);
+  m->set_vocab_size(info->config.vocab_size);
+  m->set_fingerprint(info->fingerprint);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::OpenSession(grpc::ServerContext*, const v1::OpenSessionRequest* request,
+                                        v1::OpenSessionResponse*) {
+  auto spec = SessionSpecFromProto(*request, MemoryConfig{});
+  if (!spec.ok()) return ToGrpc(spec.status());
+  return ToGrpc(core_->OpenSession(*spec));
+}
+
+grpc::Status WorkerService::CloseSession(grpc::ServerContext*,
+                                         const v1::CloseSessionRequest* request,
+                                         v1::CloseSessionResponse*) {
+  return ToGrpc(core_->CloseSession(request->session_id()));
+}
+
+grpc::Status WorkerService::RunChunks(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::RunChunkResponse, v1::RunChunkRequest>* stream) {
+  v1::RunChunkRequest request;
+  v1::RunChunkResponse response;
+  Activations a;
+  while (stream->Read(&request)) {
+    if (context->IsCancelled()) return grpc::Status::CANCELLED;
+    if (absl::Status s = ActivationsFromRequest(request, &a); !s.ok()) return ToGrpc(s);
+    if (absl::Status s = core_->RunChunk(&a); !s.ok()) return ToGrpc(s);
+    response.Clear();
+    ActivationsToResponse(a, &response);
+    if (!stream->Write(response)) return grpc::Status::CANCELLED;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::PersistDocument(grpc::ServerContext*,
+                                            const v1::PersistDocumentRequest* request,
+                                            v1::PersistDocumentResponse*) {
+  return ToGrpc(core_->PersistDocument(request->session_id(), request->document_key()));
+}
+
+grpc::Status WorkerService::RestoreDocument(grpc::ServerContext*,
+                                            const v1::RestoreDocumentRequest* request,
+                                            v1::RestoreDocumentResponse* response) {
+  auto spec = SessionSpecFromProto(request->session(), MemoryConfig{});
+  if (!spec.ok()) return ToGrpc(spec.status());
+  auto tokens = core_->RestoreDocument(request->document_key(), *spec);
+  if (!tokens.ok()) return ToGrpc(tokens.status());
+  response->set_tokens(*tokens);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::DeleteDocument(grpc::ServerContext*,
+                                           const v1::DeleteWorkerDocumentRequest* request,
+                                           v1::DeleteWorkerDocumentResponse*) {
+  return ToGrpc(core_->DeleteDocument(request->document_key()));
+}
+
+grpc::Status WorkerService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
+                                     v1::WorkerStats* response) {
+  const WorkerStatsSnapshot s = core_->GetStats();
+  response->set_open_sessions(s.open_sessions);
+  response->set_host_bytes(s.host_bytes);
+  response->set_disk_bytes(s.disk_bytes);
+  response->set_host_hit_rate(s.host_hit_rate);
+  response->set_documents(s.documents);
+  return grpc::Status::OK;
+}
+
+}  // namespace qllm::worker
