@@ -12,6 +12,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
+#include "common/process_env.h"
 #include "coordinator/server.h"
 #include "worker/memory_config.h"
 
@@ -39,6 +40,7 @@ void HandleSignal(int) { std::_Exit(0); }  // Durable state is synced at every c
 }  // namespace
 
 int main(int argc, char** argv) {
+  qllm::EnsurePassiveOpenMpWait(argv);
   absl::SetProgramUsageMessage(
       "qllm-coordinator --model_dir=DIR (--workers=H:P,H:P,... | --local_workers=N) "
       "[--data_dir=DIR]");

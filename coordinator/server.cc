@@ -1,5 +1,8 @@
 #include "coordinator/server.h"
 
+#include <omp.h>
+
+#include <algorithm>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -25,7 +28,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     if (!data_dir.empty()) w.store_dir = absl::StrCat(data_dir, "/worker-", i);
     w.host_cache_bytes = options.local_host_cache_bytes;
     server->local_.push_back(std::make_unique<worker::WorkerCore>(w));
-    stages.push_back(NewInProcessStage(server->local_.back().get(), i));
+    const int cores = std::max(1, omp_get_num_procs());
+    stages.push_back(NewInProcessStage(server->local_.back().get(), i,
+                                       std::max(1, cores / options.local_workers)));
   }
   for (const std::string& address : options.workers) stages.push_back(NewGrpcStage(address));
   if (!data_dir.empty()) options.coordinator.data_dir = data_dir + "/catalogue";

@@ -55,8 +55,9 @@ class Stage {
   virtual absl::StatusOr<worker::WorkerStatsSnapshot> GetStats(absl::Time deadline) = 0;
 };
 
-// A stage backed by a WorkerCore in this process. `core` must outlive the stage.
-std::unique_ptr<Stage> NewInProcessStage(worker::WorkerCore* core, int index);
+// A stage backed by a WorkerCore in this process. `core` must outlive the stage. Its chunks run
+// with `threads` OpenMP threads (0: the process default).
+std::unique_ptr<Stage> NewInProcessStage(worker::WorkerCore* core, int index, int threads = 0);
 
 // A stage backed by the qllm-worker at `address` (host:port), over one gRPC channel.
 std::unique_ptr<Stage> NewGrpcStage(const std::string& address);

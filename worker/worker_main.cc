@@ -9,6 +9,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/logging.h"
+#include "common/process_env.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "worker/worker_service.h"
@@ -32,6 +33,7 @@ void HandleSignal(int) { std::_Exit(0); }
 }  // namespace
 
 int main(int argc, char** argv) {
+  qllm::EnsurePassiveOpenMpWait(argv);
   absl::SetProgramUsageMessage("qllm-worker --listen=HOST:PORT --store_dir=DIR");
   absl::ParseCommandLine(argc, argv);
   qllm::worker::WorkerOptions options;

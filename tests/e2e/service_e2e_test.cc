@@ -245,7 +245,7 @@ TEST(ServiceE2eTest, StoredDocumentsSurviveSigkillAndInterruptedIngestsVanish) {
     ASSERT_TRUE(before.status.ok()) << before.status.error_message();
 
     // An ingest killed half-way: every process dies while the document streams through.
-    const std::string big = MakeHaystack(1500, 5, "The pass key is 5.");
+    const std::string big = MakeHaystack(4000, 5, "The pass key is 5.");
     v1::DocumentMetadata half;
     half.set_document_id("interrupted");
     std::thread ingest([&] { client.CreateDocument(half, big, nullptr).ok(); });

@@ -1,0 +1,16 @@
+// Process start-up settings shared by the service binaries.
+#ifndef QLLM_COMMON_PROCESS_ENV_H_
+#define QLLM_COMMON_PROCESS_ENV_H_
+
+namespace qllm {
+
+// The service runs several pipeline stages (threads or processes) on shared cores. libgomp's
+// default wait policy spins on idle cores, which on a loaded machine made a 3-worker answer take
+// 80 s instead of 3.5 s (bench/service). libgomp reads OMP_WAIT_POLICY when it loads, before
+// main(), so when the operator has not chosen a policy this sets "passive" and re-executes the
+// binary once (argv unchanged). Returns only when no re-exec was needed or it failed.
+void EnsurePassiveOpenMpWait(char** argv);
+
+}  // namespace qllm
+
+#endif  // QLLM_COMMON_PROCESS_ENV_H_
