@@ -1,0 +1,66 @@
+// NCCL activation channel between two communicators (two GPUs: NCCL refuses two ranks on one
+// device). Skips without two devices.
+#include "cuda/nccl_channel.h"
+
+#include <cuda_runtime.h>
+
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/testutil/status_matchers.h"
+
+namespace qllm::cuda {
+namespace {
+
+using ::qllm::testing::StatusIs;
+
+int DeviceCount() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
+TEST(NcclChannelTest, SendsActivationsBetweenTwoDevices) {
+  if (DeviceCount() < 2) GTEST_SKIP() << "needs two GPUs (found " << DeviceCount() << ")";
+  ASSERT_OK_AND_ASSIGN(const std::string id, NewNcclUniqueId());
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  std::unique_ptr<worker::ActivationChannel> ends[2];
+  std::thread t0([&] {
+    auto c = NewNcclChannel(id, 0, 0, deadline);
+    ASSERT_OK(c.status());
+    ends[0] = std::move(*c);
+  });
+  auto c1 = NewNcclChannel(id, 1, 1, deadline);
+  t0.join();
+  ASSERT_OK(c1.status());
+  ends[1] = std::move(*c1);
+  const size_t n = 512 * 4096;
+  std::vector<float> host(n);
+  for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>(i % 977);
+  float *src = nullptr, *dst = nullptr;
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&src, n * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(src, host.data(), n * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dst, n * sizeof(float)), cudaSuccess);
+  std::thread sender([&] { EXPECT_OK(ends[0]->Send(src, n, deadline)); });
+  EXPECT_OK(ends[1]->Recv(dst, n, deadline));
+  sender.join();
+  std::vector<float> back(n);
+  ASSERT_EQ(cudaMemcpy(back.data(), dst, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, host);
+  // A receive nobody answers times out and aborts instead of hanging.
+  EXPECT_THAT(ends[1]->Recv(dst, n, absl::Now() + absl::Milliseconds(200)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  cudaFree(dst);
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  cudaFree(src);
+}
+
+TEST(NcclChannelTest, RejectsMalformedIds) {
+  EXPECT_THAT(NewNcclChannel("short", 0, 0, absl::Now()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+}  // namespace
+}  // namespace qllm::cuda
