@@ -9,7 +9,8 @@ PACKAGES=(
   librocksdb-dev libopenblas-dev libopenblas-openmp-dev libomp-dev nlohmann-json3-dev libyaml-cpp-dev
   libpcre2-dev libsentencepiece-dev
   libgtest-dev libgmock-dev
-  python3 python3-torch python3-numpy python3-yaml python3-grpcio python3-grpc-tools
+  python3 python3-torch python3-numpy python3-yaml python3-grpcio python3-grpc-tools python3-protobuf
+  python3-matplotlib
 )
 
 missing=()

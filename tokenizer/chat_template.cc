@@ -212,6 +212,11 @@ absl::StatusOr<ChatPrompt> BuildChatPrompt(const Tokenizer& tokenizer, const Cha
 absl::StatusOr<ChatPrompt> BuildDocumentPrompt(const Tokenizer& tokenizer, const ChatTemplate& tmpl,
                                                std::string_view system, std::string_view context) {
   ASSIGN_OR_RETURN(const internal::SpecialMatcher matcher, MakeMatcher(tokenizer, tmpl));
+  if (tmpl.document_body.find("{question}") != std::string::npos ||
+      tmpl.document_body.find("{context}") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chat template ", tmpl.name, " document_body must use {context} and not {question}"));
+  }
   Builder b{
       .tokenizer = tokenizer, .system = Trim(system), .question = {}, .context = Trim(context)};
   if (b.context.empty()) return absl::InvalidArgumentError("empty document");
@@ -223,23 +228,23 @@ absl::StatusOr<ChatPrompt> BuildDocumentPrompt(const Tokenizer& tokenizer, const
   if (!b.system.empty()) RETURN_IF_ERROR(b.AddPattern(tmpl.system_block, matcher));
   RETURN_IF_ERROR(b.AddPattern(tmpl.document_body, matcher));
   RETURN_IF_ERROR(b.FlushRun());
-  if (b.has_question_placeholder || !b.has_context_placeholder) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chat template ", tmpl.name, " document_body must use {context} and not {question}"));
-  }
   return std::move(b.prompt);
 }
 
 absl::StatusOr<ChatPrompt> BuildFollowupPrompt(const Tokenizer& tokenizer, const ChatTemplate& tmpl,
                                                std::string_view question) {
   ASSIGN_OR_RETURN(const internal::SpecialMatcher matcher, MakeMatcher(tokenizer, tmpl));
+  if (tmpl.followup_body.find("{context}") != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chat template ", tmpl.name, " followup_body must use {question} and not {context}"));
+  }
   Builder b{.tokenizer = tokenizer, .system = {}, .question = Trim(question), .context = {}};
   if (b.question.empty()) return absl::InvalidArgumentError("empty question");
   RETURN_IF_ERROR(b.AddPattern(tmpl.followup_body, matcher));
   RETURN_IF_ERROR(b.FlushRun());
-  if (!b.has_question_placeholder || b.has_context_placeholder) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chat template ", tmpl.name, " followup_body must use {question} and not {context}"));
+  if (!b.has_question_placeholder) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chat template ", tmpl.name, " followup_body must use {question}"));
   }
   return std::move(b.prompt);
 }

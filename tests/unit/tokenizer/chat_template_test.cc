@@ -63,6 +63,36 @@ TEST(ChatTemplate, QllmTinyIsTheTrainingTemplate) {
   EXPECT_EQ(std::count(p.ids.begin(), p.ids.end(), 305), 2);
 }
 
+TEST(ChatTemplate, StoredDocumentAndFollowupPrompts) {
+  auto tok = TinyBpe();
+  ASSERT_OK_AND_ASSIGN(ChatTemplate tiny, GetChatTemplate("qllm-tiny"));
+  ASSERT_OK_AND_ASSIGN(ChatPrompt doc, BuildDocumentPrompt(*tok, tiny, "", "  nobody "));
+  EXPECT_THAT(tok->Decode(doc.ids), IsOkAndHolds("<|begin_of_text|><|context|> nobody"));
+  EXPECT_EQ(doc.question_begin, doc.question_end);
+  ASSERT_OK_AND_ASSIGN(ChatPrompt q, BuildFollowupPrompt(*tok, tiny, " who won "));
+  EXPECT_THAT(tok->Decode(q.ids), IsOkAndHolds("<|question|>who won<|answer|>"));
+  EXPECT_EQ(DecodeSpan(*tok, q), "who won");
+  EXPECT_EQ(q.question_begin, 1);
+  // Llama-3: the document opens the user turn; the question closes it and opens the answer.
+  ASSERT_OK_AND_ASSIGN(ChatTemplate llama, GetChatTemplate("llama-3-inst"));
+  ASSERT_OK_AND_ASSIGN(doc, BuildDocumentPrompt(*tok, llama, "", "the thing is in"));
+  EXPECT_THAT(tok->Decode(doc.ids),
+              IsOkAndHolds("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+                           "the thing is in"));
+  ASSERT_OK_AND_ASSIGN(q, BuildFollowupPrompt(*tok, llama, "What is the thing?"));
+  EXPECT_THAT(tok->Decode(q.ids),
+              IsOkAndHolds("\n\nWhat is the thing?<|eot_id|><|start_header_id|>assistant"
+                           "<|end_header_id|>\n\n"));
+  EXPECT_EQ(DecodeSpan(*tok, q), "What is the thing?");
+  EXPECT_THAT(BuildDocumentPrompt(*tok, tiny, "", "   "),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(BuildFollowupPrompt(*tok, tiny, ""), StatusIs(absl::StatusCode::kInvalidArgument));
+  ChatTemplate broken = tiny;
+  broken.document_body = "{question}{context}";
+  EXPECT_THAT(BuildDocumentPrompt(*tok, broken, "", "x"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("document_body")));
+}
+
 TEST(ChatTemplate, QllmTinyContextStartsWithExactlyOneSpace) {
   // Training documents are " Sentence. Sentence." whatever whitespace the caller adds.
   auto tok = TinyBpe();
