@@ -400,9 +400,7 @@ absl::StatusOr<v1::AskResult> Coordinator::RunAsk(const v1::AskRequest& r,
     }
     memory = d;
     memory.mode = mode;
-    memory.topk = m.has_topk()
-                      ? m.topk()
-                      : (requested.topk == options_.default_memory.topk ? d.topk : requested.topk);
+    memory.topk = m.has_topk() ? m.topk() : d.topk;
     memory.question_weight = m.has_question_weight() ? m.question_weight() : d.question_weight;
     RETURN_IF_ERROR(memory.Validate());
     ASSIGN_OR_RETURN(tokenizer::ChatPrompt followup,
