@@ -217,11 +217,24 @@ def make_document(rng, needles, doc_tokens, tok=None, depth=None):
     return "".join(pieces), depths
 
 
-def make_example(rng, tok, doc_tokens, task=None, depth=None):
-    """One example in the inference template. tok: a bpe.Tokenizer. Returns a dict:
+def parse_mix(text):
+    """"passkey=1" or "passkey=0.4,magic=0.3,kv=0.3" -> (("passkey", 0.4), ...), normalised."""
+    items = []
+    for part in text.split(","):
+        name, _, w = part.strip().partition("=")
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r} in mix {text!r}")
+        items.append((name, float(w) if w else 1.0))
+    tot = sum(w for _, w in items)
+    return tuple((n, w / tot) for n, w in items if w > 0)
+
+
+def make_example(rng, tok, doc_tokens, task=None, depth=None, mix=DEFAULT_MIX):
+    """One example in the inference template (task drawn from `mix` when None).
+    tok: a bpe.Tokenizer. Returns a dict:
     ids (prompt + answer + <|eot|>), prompt_len, answer (text), answer_ids (incl. <|eot|>),
     question_span (start, end) of the first question, task, question, doc_tokens."""
-    task = task or pick_task(rng)
+    task = task or pick_task(rng, mix)
     needles, question, answer = TASKS[task](rng)
     doc, depths = make_document(rng, needles, doc_tokens, tok, depth)
     prompt_ids = tok.encode(render_prompt(question, doc), allow_special=True)

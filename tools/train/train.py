@@ -36,7 +36,12 @@ Curriculum:
           question vector (they are discrete choices / statistics), only through the attention
           over what was selected.
 
-Loss: mean cross entropy over all tokens + mean cross entropy over the answer tokens.
+Phase 1 task curriculum ("stage A"): pass-key examples only (--stage-a-mix) until an eval with
+pk_short >= --stage-a-until-pk (0.9) or global step --stage-a-max-steps (1500), then the task
+mix --mix (passkey 0.4, magic 0.3, kv 0.3; also phase 2's). The stage is stored in checkpoints.
+
+Loss: --lm-weight (0.2) * mean cross entropy over all tokens + --ans-weight (1) * mean cross
+entropy over the answer tokens.
 Logs: stdout (one line per --log-every steps), OUT/metrics.csv (loss, lr, speed, eval).
 Quick eval (every --eval-every steps, fixed examples): exact-match of the answer under
 teacher forcing (== greedy decoding succeeds) for pass keys at ~200 tokens (ordinary attention)
@@ -305,11 +310,11 @@ def _question_vector(qg, score, qspans, rk, e):
 
 # ----------------------------------------------------------------------------- data
 
-def make_batch(tok, rng, n, doc_lo, doc_hi, task=None, depth=None):
+def make_batch(tok, rng, n, doc_lo, doc_hi, task=None, depth=None, mix=corpus.DEFAULT_MIX):
     """n examples with document lengths near one length L ~ U(doc_lo, doc_hi) (less padding)."""
     L = rng.randint(doc_lo, doc_hi)
     lo = max(doc_lo, int(L * 0.8))
-    return [corpus.make_example(rng, tok, rng.randint(lo, L), task=task, depth=depth)
+    return [corpus.make_example(rng, tok, rng.randint(lo, L), task=task, depth=depth, mix=mix)
             for _ in range(n)]
 
 
@@ -331,16 +336,22 @@ def collate(exs, pad_id, device):
             [x["question_span"] for x in exs])
 
 
-def phase_batch(tok, step, args, phase):
+def phase_batch(tok, step, args, phase, stage_a=False):
+    """The batch of a step. Phase 1 draws its tasks from args.stage_a_mix while stage_a (the
+    pass-key-first curriculum), else from args.mix; phase 2 from args.mix."""
     rng = random.Random(args.seed * 1_000_003 + step)
     if phase == 1:
-        return make_batch(tok, rng, args.batch, 24, 200), None
+        mix = corpus.parse_mix(args.stage_a_mix if stage_a else args.mix)
+        return make_batch(tok, rng, args.batch, 24, 200, mix=mix), None
+    mix = corpus.parse_mix(args.mix)
     if rng.random() < 0.2:
-        return make_batch(tok, rng, args.batch2, 32, 256), args.memory
-    return make_batch(tok, rng, args.batch2, 300, 950), args.memory
+        return make_batch(tok, rng, args.batch2, 32, 256, mix=mix), args.memory
+    return make_batch(tok, rng, args.batch2, 300, 950, mix=mix), args.memory
 
 
-def compute_loss(model, batch, memory):
+def compute_loss(model, batch, memory, lm_weight=1.0, ans_weight=1.0):
+    """lm_weight * (mean CE over all tokens) + ans_weight * (mean CE over the answer tokens);
+    also returns the two means (detached)."""
     ids, tgt, ans, qbar, qspans = batch
     logits = model(ids, memory=memory, qspans=qspans, qbar_mask=qbar)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
@@ -348,7 +359,7 @@ def compute_loss(model, batch, memory):
     valid = tgt != -100
     lm = ce[valid].mean()
     la = ce[ans].mean()
-    return lm + la, lm.detach(), la.detach()
+    return lm_weight * lm + ans_weight * la, lm.detach(), la.detach()
 
 
 @torch.no_grad()
@@ -444,6 +455,18 @@ def main(argv=None):
     ap.add_argument("--lr2", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--lm-weight", type=float, default=0.2,
+                    help="weight of the mean LM cross entropy over all tokens in the loss")
+    ap.add_argument("--ans-weight", type=float, default=1.0,
+                    help="weight of the mean cross entropy over the answer tokens")
+    ap.add_argument("--mix", default="passkey=0.4,magic=0.3,kv=0.3",
+                    help="task mix of phase 1 after stage A, and of phase 2")
+    ap.add_argument("--stage-a-mix", default="passkey=1",
+                    help="task mix of phase 1's first stage (curriculum)")
+    ap.add_argument("--stage-a-until-pk", type=float, default=0.9,
+                    help="stage A ends after an eval with pk_short >= this (>1: never) ...")
+    ap.add_argument("--stage-a-max-steps", type=int, default=1500,
+                    help="... or at this global step at the latest (0: no stage A)")
     ap.add_argument("--hidden", type=int, default=DEFAULT_MODEL["hidden_size"])
     ap.add_argument("--inter", type=int, default=DEFAULT_MODEL["intermediate_size"])
     ap.add_argument("--layers", type=int, default=DEFAULT_MODEL["num_hidden_layers"])
@@ -522,13 +545,14 @@ def main(argv=None):
                              "train_seconds": train_seconds, "model_config": mc,
                              "memory": args.memory, "model": model.state_dict(),
                              "optimizer": opt.state_dict(), "seed": args.seed,
-                             "switch": switch})
+                             "switch": switch, "stage_a": stage_a})
 
     model.train()
     t_run = time.time()
     acc = {"loss": 0.0, "lm": 0.0, "ans": 0.0, "n": 0, "tok": 0, "t": 0.0}
     step = start_step
     switch = bool(ck.get("switch", False)) if ck is not None else False
+    stage_a = bool(ck.get("stage_a", True)) if ck is not None else True
     while step < args.steps:
         if args.max_seconds and time.time() - t_run > args.max_seconds:
             break
@@ -543,13 +567,16 @@ def main(argv=None):
                 print(f"step {step}: phase {prev_phase} -> {phase}", flush=True)
                 phase_start = step
             prev_phase = phase
+        if stage_a and (phase != 1 or step >= args.stage_a_max_steps):
+            print(f"step {step}: stage A (mix {args.stage_a_mix}) -> mix {args.mix}", flush=True)
+            stage_a = False
         t0 = time.time()
-        exs, memory = phase_batch(tok, step, args, phase)
+        exs, memory = phase_batch(tok, step, args, phase, stage_a)
         batch = collate(exs, pad_id, device)
         lr = lr_at(step, phase_start, args, phase)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, lm, la = compute_loss(model, batch, memory)
+        loss, lm, la = compute_loss(model, batch, memory, args.lm_weight, args.ans_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -577,6 +604,10 @@ def main(argv=None):
                 if (phase == 1 and step >= args.phase1_min_steps and ev["pk_short"] >= args.switch_pk
                         and ev["all_short"] >= args.switch_all):
                     switch = True
+                if stage_a and ev["pk_short"] >= args.stage_a_until_pk:
+                    print(f"step {step}: stage A (mix {args.stage_a_mix}) -> mix {args.mix} "
+                          f"(pk_short {ev['pk_short']:.3f})", flush=True)
+                    stage_a = False
                 row["eval_s"] = round(time.time() - te, 1)
             print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
             row.pop("eval_s", None)
