@@ -11,6 +11,12 @@ namespace qllm {
 // binary once (argv unchanged). Returns only when no re-exec was needed or it failed.
 void EnsurePassiveOpenMpWait(char** argv);
 
+// Graceful stop: call BlockTerminationSignals() in main() before any thread starts, so SIGTERM
+// and SIGINT reach no thread by default; then WaitForTerminationSignal() (on a thread of its
+// own) returns the signal when one arrives, for the caller to drain and stop its server.
+void BlockTerminationSignals();
+int WaitForTerminationSignal();
+
 }  // namespace qllm
 
 #endif  // QLLM_COMMON_PROCESS_ENV_H_

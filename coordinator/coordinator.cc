@@ -256,6 +256,13 @@ absl::Status Coordinator::EnsureReady(absl::Time deadline) {
   return absl::OkStatus();
 }
 
+absl::Status Coordinator::CheckStages(absl::Time deadline) {
+  for (size_t i = 0; i < stages_.size(); ++i) {
+    if (auto id = stages_[i]->Register(deadline); !id.ok()) return StageError(i, id.status());
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Coordinator::SessionSlot> Coordinator::Admit() {
   absl::MutexLock lock(&admission_mu_);
   if (active_ >= options_.max_sessions) {

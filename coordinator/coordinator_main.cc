@@ -1,10 +1,10 @@
 // qllm-coordinator: the service clients call. Shards the model's layers over qllm-worker
 // processes (--workers) or runs everything in this process (--local_workers=N).
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -36,7 +36,9 @@ ABSL_FLAG(int32_t, max_inflight_chunks, 4, "pipeline chunks in flight at once");
 ABSL_FLAG(int64_t, host_cache_mb, 1024, "embedded workers' host-memory tier, MiB");
 
 namespace {
-void HandleSignal(int) { std::_Exit(0); }  // Durable state is synced at every commit.
+// Time in-flight requests get to finish after SIGTERM / SIGINT (durable state is synced at
+// every commit, so a harder stop loses nothing either).
+constexpr absl::Duration kDrainTime = absl::Seconds(10);
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -45,6 +47,7 @@ int main(int argc, char** argv) {
       "qllm-coordinator --model_dir=DIR (--workers=H:P,H:P,... | --local_workers=N) "
       "[--data_dir=DIR]");
   absl::ParseCommandLine(argc, argv);
+  qllm::BlockTerminationSignals();
   qllm::coordinator::ServerOptions options;
   auto& c = options.coordinator;
   c.model_dir = absl::GetFlag(FLAGS_model_dir);
@@ -82,8 +85,12 @@ int main(int argc, char** argv) {
     QLLM_LOG(ERROR) << "qllm-coordinator: " << server.status();
     return 1;
   }
-  std::signal(SIGTERM, HandleSignal);
-  std::signal(SIGINT, HandleSignal);
+  qllm::coordinator::Server* running = server->get();
+  std::thread([running] {
+    const int sig = qllm::WaitForTerminationSignal();
+    QLLM_LOG(INFO) << "signal " << sig << ": draining for up to " << kDrainTime;
+    running->Shutdown(kDrainTime);
+  }).detach();
   if (const std::string f = absl::GetFlag(FLAGS_port_file); !f.empty()) {
     const std::string tmp = f + ".tmp";
     std::ofstream(tmp) << (*server)->port() << "\n";

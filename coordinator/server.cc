@@ -49,12 +49,35 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
   }
+  server->health_ = std::thread([s = server.get()] { s->HealthLoop(); });
   return server;
 }
 
-void Server::Shutdown() {
-  if (server_ != nullptr)
-    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+void Server::HealthLoop() {
+  bool serving = true;
+  while (true) {
+    const bool now = coordinator_->CheckStages(absl::Now() + absl::Seconds(1)).ok();
+    if (now != serving) {
+      serving = now;
+      server_->GetHealthCheckService()->SetServingStatus(serving);
+    }
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
+    if (stopping_) return;
+  }
+}
+
+void Server::Shutdown(absl::Duration drain) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  if (health_.joinable()) health_.join();
+  if (server_ != nullptr) {
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    server_->Shutdown(absl::ToChronoTime(absl::Now() + drain));
+  }
 }
 
 Server::~Server() { Shutdown(); }

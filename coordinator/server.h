@@ -6,9 +6,12 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_service.h"
 #include "grpcpp/grpcpp.h"
@@ -38,16 +41,23 @@ class Server {
   int port() const { return port_; }
   Coordinator* coordinator() { return coordinator_.get(); }
   void Wait() { server_->Wait(); }
-  void Shutdown();
+  // Health NOT_SERVING, stop accepting, give in-flight calls `drain` to finish.
+  void Shutdown(absl::Duration drain = absl::Seconds(5));
 
  private:
   Server() = default;
+  // Polls every stage once a second: grpc.health.v1 says SERVING only while all answer.
+  void HealthLoop();
+
   std::vector<std::unique_ptr<worker::WorkerCore>> local_;
   std::unique_ptr<Coordinator> coordinator_;
   std::unique_ptr<QllmService> qllm_service_;
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread health_;
 };
 
 }  // namespace qllm::coordinator

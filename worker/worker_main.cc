@@ -1,9 +1,10 @@
 // qllm-worker: serves one layer shard of the model over qllm.v1.Worker (and grpc.health.v1).
 // The coordinator tells it which layers to load.
-#include <csignal>
+#include <chrono>
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -26,9 +27,9 @@ ABSL_FLAG(int32_t, session_idle_timeout_s, 600, "close sessions idle this long")
 
 namespace {
 
-// Every durable state is committed with a synced write, so stopping is the same as crashing:
-// exit at once (in-flight sessions are the coordinator's to retry).
-void HandleSignal(int) { std::_Exit(0); }
+// Time in-flight RPCs get to finish after SIGTERM / SIGINT. Durable state is committed with
+// synced writes, so a harder stop loses nothing either.
+constexpr auto kDrainTime = std::chrono::seconds(10);
 
 }  // namespace
 
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
   qllm::EnsurePassiveOpenMpWait(argv);
   absl::SetProgramUsageMessage("qllm-worker --listen=HOST:PORT --store_dir=DIR");
   absl::ParseCommandLine(argc, argv);
+  qllm::BlockTerminationSignals();
   qllm::worker::WorkerOptions options;
   options.worker_id = absl::GetFlag(FLAGS_worker_id);
   options.store_dir = absl::GetFlag(FLAGS_store_dir);
@@ -58,8 +60,12 @@ int main(int argc, char** argv) {
     QLLM_LOG(ERROR) << "cannot listen on " << absl::GetFlag(FLAGS_listen);
     return 1;
   }
-  std::signal(SIGTERM, HandleSignal);
-  std::signal(SIGINT, HandleSignal);
+  std::thread([&server] {
+    const int sig = qllm::WaitForTerminationSignal();
+    QLLM_LOG(INFO) << "signal " << sig << ": draining for up to " << kDrainTime.count() << " s";
+    server->GetHealthCheckService()->SetServingStatus(false);
+    server->Shutdown(std::chrono::system_clock::now() + kDrainTime);
+  }).detach();
   if (const std::string f = absl::GetFlag(FLAGS_port_file); !f.empty()) {
     const std::string tmp = f + ".tmp";
     std::ofstream(tmp) << port << "\n";

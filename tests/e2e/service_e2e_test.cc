@@ -34,6 +34,15 @@ constexpr char kQuestion[] = "What is the pass key?";
 
 std::string ModelDir() { return testing::SourceDir() + "/models/qllm-tiny"; }
 
+// Polls `condition` for up to 10 s.
+bool Eventually(const std::function<bool()>& condition) {
+  for (int i = 0; i < 100; ++i) {
+    if (condition()) return true;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return false;
+}
+
 // One coordinator and three workers, each a process; restartable on the same ports and dirs.
 class Cluster {
  public:
@@ -81,6 +90,17 @@ class Cluster {
       w->Kill(SIGKILL);
       w->Wait();
     }
+  }
+  // SIGTERM to every process; returns how many did not exit with status 0.
+  int Terminate() {
+    int bad = 0;
+    coordinator_->Kill(SIGTERM);
+    bad += coordinator_->Wait() != 0;
+    for (auto& w : workers_) {
+      w->Kill(SIGTERM);
+      bad += w->Wait() != 0;
+    }
+    return bad;
   }
   void KillWorker(int i) {
     workers_[i]->Kill(SIGKILL);
@@ -327,7 +347,9 @@ TEST(ServiceE2eTest, AWorkerKilledMidAnswerGivesUnavailableAndTheServiceRecovers
   ASSERT_TRUE(client.ClusterStatus(&status).ok());
   EXPECT_FALSE(status.serving());
   EXPECT_EQ(status.workers(1).health(), v1::WorkerStatus::HEALTH_UNREACHABLE);
-  EXPECT_TRUE(HealthServing(cluster.address()));
+  // grpc.health.v1 follows the pipeline (polled once a second): NOT_SERVING while a stage is
+  // down, so a load balancer stops sending work.
+  EXPECT_TRUE(Eventually([&] { return !HealthServing(cluster.address()); }));
 
   // The worker comes back (a fresh process, no shard): the coordinator reloads it.
   ASSERT_NO_FATAL_FAILURE(cluster.StartWorker(1));
@@ -342,6 +364,23 @@ TEST(ServiceE2eTest, AWorkerKilledMidAnswerGivesUnavailableAndTheServiceRecovers
   ASSERT_TRUE(client.ClusterStatus(&status).ok());
   EXPECT_TRUE(status.serving());
   for (const auto& w : status.workers()) EXPECT_EQ(w.open_sessions(), 0);
+  EXPECT_TRUE(Eventually([&] { return HealthServing(cluster.address()); }));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ServiceE2eTest, SigtermDrainsAndExitsCleanly) {
+  const std::string dir = testing::MakeScratchDir();
+  Cluster cluster(dir, {});
+  ASSERT_NO_FATAL_FAILURE(cluster.Start());
+  Client client(cluster.address());
+  v1::DocumentMetadata meta;
+  meta.set_document_id("kept");
+  ASSERT_TRUE(client.CreateDocument(meta, MakeHaystack(30, 4, "The pass key is 1."), nullptr).ok());
+  EXPECT_EQ(cluster.Terminate(), 0);  // SIGTERM to every process; each exits 0.
+  ASSERT_NO_FATAL_FAILURE(cluster.Start());
+  Client again(cluster.address());
+  v1::Document doc;
+  EXPECT_TRUE(again.GetDocument("kept", &doc).ok());
   std::filesystem::remove_all(dir);
 }
 
