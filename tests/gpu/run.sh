@@ -51,8 +51,9 @@ if ! grep -q 'QLLM: CUDA backend ON' "$LOG_DIR/configure.log"; then
   exit 1
 fi
 
-section "build ops_gpu_test qllm_cpu_bench (-j$JOBS)"
-cmake --build "$BUILD_DIR" --target ops_gpu_test qllm_cpu_bench -j "$JOBS"
+# qllm_gpu_tests (tests/gpu/CMakeLists.txt) builds every binary that ctest -L gpu runs.
+section "build qllm_gpu_tests qllm_cpu_bench (-j$JOBS)"
+cmake --build "$BUILD_DIR" --target qllm_gpu_tests qllm_cpu_bench -j "$JOBS"
 
 section "ctest -L gpu"
 set +e

@@ -1,0 +1,150 @@
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cub/device/device_radix_sort.cuh>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "cuda/block_topk.h"
+#include "cuda/cuda_check.h"
+
+namespace qllm::cuda {
+namespace {
+
+constexpr int kWarpsPerCta = 8;
+constexpr size_t kAlign = 256;
+
+size_t AlignUp(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+// The workspace, carved into 256-byte aligned regions: unsorted and sorted scores, unsorted
+// and sorted ids, then the radix sort's scratch.
+struct Workspace {
+  float* keys_in;
+  float* keys_out;
+  int32_t* ids_in;
+  int32_t* ids_out;
+  void* sort_scratch;
+  size_t sort_bytes;
+};
+
+size_t RegionsBytes(int64_t num_blocks) {
+  const size_t n = static_cast<size_t>(num_blocks);
+  return 2 * AlignUp(n * sizeof(float)) + 2 * AlignUp(n * sizeof(int32_t));
+}
+
+Workspace Carve(void* base, int64_t num_blocks, size_t sort_bytes) {
+  const size_t n = static_cast<size_t>(num_blocks);
+  char* p = static_cast<char*>(base);
+  Workspace w{};
+  w.keys_in = reinterpret_cast<float*>(p);
+  p += AlignUp(n * sizeof(float));
+  w.keys_out = reinterpret_cast<float*>(p);
+  p += AlignUp(n * sizeof(float));
+  w.ids_in = reinterpret_cast<int32_t*>(p);
+  p += AlignUp(n * sizeof(int32_t));
+  w.ids_out = reinterpret_cast<int32_t*>(p);
+  p += AlignUp(n * sizeof(int32_t));
+  w.sort_scratch = p;
+  w.sort_bytes = sort_bytes;
+  return w;
+}
+
+// Scratch bytes of the descending (score, id) radix sort over `num_blocks` items.
+absl::StatusOr<size_t> SortScratchBytes(int64_t num_blocks) {
+  size_t bytes = 0;
+  CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairsDescending(
+      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      static_cast<int>(num_blocks)));
+  return bytes;
+}
+
+// One warp per block: both dot products in fp32 over coalesced loads, a butterfly reduction,
+// and lane 0 writes the score (with -0 made +0) and the block id for the sort.
+__global__ void BlockScoreKernel(const float* __restrict__ reprs, const float* __restrict__ qbar,
+                                 const float* __restrict__ question, float w, int64_t num_blocks,
+                                 int64_t q_dim, float* __restrict__ keys,
+                                 int32_t* __restrict__ ids) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32;
+  if (b >= num_blocks) return;
+  const int lane = threadIdx.x % 32;
+  const float* r = reprs + b * q_dim;
+  float dot_qbar = 0.0f, dot_q = 0.0f;
+  if (question != nullptr) {
+    for (int64_t d = lane; d < q_dim; d += 32) {
+      const float x = r[d];
+      dot_qbar += x * qbar[d];
+      dot_q += x * question[d];
+    }
+  } else {
+    for (int64_t d = lane; d < q_dim; d += 32) dot_qbar += r[d] * qbar[d];
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    dot_qbar += __shfl_xor_sync(0xffffffffu, dot_qbar, offset);
+    dot_q += __shfl_xor_sync(0xffffffffu, dot_q, offset);
+  }
+  if (lane == 0) {
+    const float s = question != nullptr ? dot_qbar + w * dot_q : dot_qbar;
+    keys[b] = s == 0.0f ? 0.0f : s;
+    ids[b] = static_cast<int32_t>(b);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<size_t> BlockTopKWorkspaceBytes(int64_t num_blocks) {
+  if (num_blocks < 0 || num_blocks > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("block_topk: bad block count ", num_blocks));
+  }
+  if (num_blocks == 0) return 0;
+  ASSIGN_OR_RETURN(const size_t sort_bytes, SortScratchBytes(num_blocks));
+  return RegionsBytes(num_blocks) + sort_bytes;
+}
+
+absl::Status LaunchBlockTopK(const BlockTopKParams& p, void* d_workspace, size_t workspace_bytes,
+                             Stream stream) {
+  RETURN_IF_ERROR(p.Validate());
+  const int64_t k = p.selected();
+  if (k == 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const size_t sort_bytes, SortScratchBytes(p.num_blocks));
+  const size_t needed = RegionsBytes(p.num_blocks) + sort_bytes;
+  if (d_workspace == nullptr || workspace_bytes < needed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block_topk: workspace of ", workspace_bytes, " bytes, ", needed, " needed"));
+  }
+  Workspace ws = Carve(d_workspace, p.num_blocks, sort_bytes);
+  // The question term is dropped on the host side of the contract: null Q or w == 0.
+  const float* question = p.question_weight != 0.0f ? p.question : nullptr;
+  const int64_t ctas = (p.num_blocks + kWarpsPerCta - 1) / kWarpsPerCta;
+  BlockScoreKernel<<<static_cast<unsigned>(ctas), kWarpsPerCta * 32, 0, stream>>>(
+      p.reprs, p.qbar, question, p.question_weight, p.num_blocks, p.q_dim, ws.keys_in, ws.ids_in);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  // Stable: equal scores keep the ascending id order of ids_in.
+  CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairsDescending(
+      ws.sort_scratch, ws.sort_bytes, ws.keys_in, ws.keys_out, ws.ids_in, ws.ids_out,
+      static_cast<int>(p.num_blocks), 0, static_cast<int>(sizeof(float) * 8), stream));
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(p.ids, ws.ids_out, k * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream));
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(p.scores, ws.keys_out, k * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+  return absl::OkStatus();
+}
+
+absl::Status LaunchBlockTopKToHost(const BlockTopKParams& p, void* d_workspace,
+                                   size_t workspace_bytes, int32_t* h_ids, float* h_scores,
+                                   Stream stream) {
+  const int64_t k = p.selected();
+  if (k > 0 && (h_ids == nullptr || h_scores == nullptr)) {
+    return absl::InvalidArgumentError("block_topk: h_ids and h_scores are required");
+  }
+  RETURN_IF_ERROR(LaunchBlockTopK(p, d_workspace, workspace_bytes, stream));
+  if (k == 0) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(h_ids, p.ids, k * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(h_scores, p.scores, k * sizeof(float), cudaMemcpyDeviceToHost, stream));
+  return absl::OkStatus();
+}
+
+}  // namespace qllm::cuda
