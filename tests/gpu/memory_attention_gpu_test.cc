@@ -1,0 +1,214 @@
+// LaunchMemoryAttention against its CPU twin MemoryAttentionRef over a sweep of shapes (head
+// dims incl. an odd 40, decode and chunks, windows up to 512 keys, up to 1000 global keys
+// with some pending-global positions), outputs and accumulated local scores, plus the
+// determinism of the local-score pass and the launcher's validation.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cuda/device.h"
+#include "cuda/memory_attention.h"
+#include "tests/testutil/cuda_test_util.h"
+#include "tests/testutil/status_matchers.h"
+
+namespace qllm::cuda {
+namespace {
+
+using ::qllm::testing::AllClose;
+using ::qllm::testing::StatusIs;
+
+struct Shape {
+  int64_t n, num_local, num_global, n_local, heads, kv_heads, head_dim;
+  int64_t num_far;  // Global keys with real positions (pending tokens), the first num_far.
+};
+
+// Host inputs. The local window holds positions [first, first + L); the queries are its last
+// n positions (the chunk's own tokens are in the window, as in the engine); the far global
+// keys are the window's first num_far tokens.
+struct Problem {
+  Shape s;
+  int64_t start = 0, local_first = 1000;
+  std::vector<float> q_local, q_global, local_k, local_v, global_k, global_v, scores;
+  std::vector<int64_t> global_pos;
+
+  MemoryAttentionParams Host(float* out, float* local_scores) const {
+    return {.q_local = q_local.data(),
+            .q_global = q_global.data(),
+            .local_k = local_k.data(),
+            .local_v = local_v.data(),
+            .global_k = global_k.data(),
+            .global_v = global_v.data(),
+            .global_pos = global_pos.data(),
+            .out = out,
+            .local_scores = local_scores,
+            .n = s.n,
+            .start = start,
+            .num_local = s.num_local,
+            .local_first = local_first,
+            .num_global = s.num_global,
+            .n_local = s.n_local,
+            .heads = s.heads,
+            .kv_heads = s.kv_heads,
+            .head_dim = s.head_dim,
+            .scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)))};
+  }
+};
+
+Problem MakeProblem(const Shape& s, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> uniform(0.0f, 2.0f);
+  auto fill = [&](std::vector<float>* v, int64_t size) {
+    v->resize(size);
+    for (float& x : *v) x = normal(rng);
+  };
+  Problem p{.s = s};
+  const int64_t q_dim = s.heads * s.head_dim, kv_dim = s.kv_heads * s.head_dim;
+  p.start = p.local_first + std::max<int64_t>(0, s.num_local - s.n);
+  fill(&p.q_local, s.n * q_dim);
+  fill(&p.q_global, s.n * q_dim);
+  fill(&p.local_k, s.num_local * kv_dim);
+  fill(&p.local_v, s.num_local * kv_dim);
+  fill(&p.global_k, s.num_global * kv_dim);
+  fill(&p.global_v, s.num_global * kv_dim);
+  p.scores.resize(s.num_local * s.heads);
+  for (float& x : p.scores) x = uniform(rng);  // Scores of earlier chunks.
+  p.global_pos.assign(s.num_global, kAlwaysVisible);
+  for (int64_t g = 0; g < std::min(s.num_far, s.num_global); ++g) {
+    p.global_pos[g] = p.local_first + g;
+  }
+  return p;
+}
+
+class MemoryAttentionGpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    QLLM_SKIP_WITHOUT_CUDA_DEVICE();
+    ASSERT_OK_AND_ASSIGN(stream_, CudaStream::Create());
+  }
+
+  // Runs the device op on `pr`; returns out and the accumulated local scores.
+  void Device(const Problem& pr, std::vector<float>* out, std::vector<float>* scores) {
+    auto upload = [&](const auto& host) {
+      using T = typename std::decay_t<decltype(host)>::value_type;
+      absl::StatusOr<DeviceBuffer<T>> buf = DeviceBuffer<T>::Create(host.size());
+      if (buf.ok() && !host.empty()) {
+        absl::Status s = buf->Upload(host, stream_.get());
+        if (!s.ok()) return absl::StatusOr<DeviceBuffer<T>>(s);
+      }
+      return buf;
+    };
+    ASSERT_OK_AND_ASSIGN(auto d_ql, upload(pr.q_local));
+    ASSERT_OK_AND_ASSIGN(auto d_qg, upload(pr.q_global));
+    ASSERT_OK_AND_ASSIGN(auto d_lk, upload(pr.local_k));
+    ASSERT_OK_AND_ASSIGN(auto d_lv, upload(pr.local_v));
+    ASSERT_OK_AND_ASSIGN(auto d_gk, upload(pr.global_k));
+    ASSERT_OK_AND_ASSIGN(auto d_gv, upload(pr.global_v));
+    ASSERT_OK_AND_ASSIGN(auto d_pos, upload(pr.global_pos));
+    ASSERT_OK_AND_ASSIGN(auto d_scores, upload(pr.scores));
+    ASSERT_OK_AND_ASSIGN(auto d_out, DeviceBuffer<float>::Create(pr.q_local.size()));
+    MemoryAttentionParams p = pr.Host(d_out.data(), d_scores.data());
+    p.q_local = d_ql.data();
+    p.q_global = d_qg.data();
+    p.local_k = d_lk.data();
+    p.local_v = d_lv.data();
+    p.global_k = d_gk.data();
+    p.global_v = d_gv.data();
+    p.global_pos = d_pos.data();
+    const size_t ws_bytes = MemoryAttentionWorkspaceBytes(p);
+    ASSERT_OK_AND_ASSIGN(auto d_ws, DeviceBuffer<char>::Create(ws_bytes));
+    ASSERT_OK(LaunchMemoryAttention(p, d_ws.data(), ws_bytes, stream_.get()));
+    ASSERT_OK_AND_ASSIGN(*out, d_out.ToHost(stream_.get()));
+    ASSERT_OK_AND_ASSIGN(*scores, d_scores.ToHost(stream_.get()));
+  }
+
+  CudaStream stream_;
+};
+
+void Ref(const Problem& pr, std::vector<float>* out, std::vector<float>* scores) {
+  out->assign(pr.q_local.size(), 0.0f);
+  *scores = pr.scores;
+  ASSERT_OK(MemoryAttentionRef(pr.Host(out->data(), scores->data())));
+}
+
+TEST_F(MemoryAttentionGpuTest, MatchesRefOverShapes) {
+  uint32_t seed = 1;
+  for (int64_t d : {32, 40, 64, 128}) {
+    for (int64_t n : {1, 7, 64}) {
+      const Shape shapes[] = {
+          {n, 512, 1000, 256, 6, 2, d, 200},  // Long window, pending-global keys.
+          {n, 100, 0, 64, 6, 2, d, 0},        // No global keys.
+          {n, 37, 1, 16, 8, 8, d, 1},         // Odd sizes, no GQA.
+          {n, 200, 333, 512, 32, 8, d, 0},    // Llama-3 heads, everything within the window.
+      };
+      for (const Shape& s : shapes) {
+        SCOPED_TRACE(absl::StrCat("D ", d, " n ", n, " L ", s.num_local, " Ng ", s.num_global,
+                                  " n_local ", s.n_local, " H ", s.heads, " Hkv ", s.kv_heads));
+        const Problem pr = MakeProblem(s, seed++);
+        std::vector<float> want_out, want_scores, out, scores;
+        ASSERT_NO_FATAL_FAILURE(Ref(pr, &want_out, &want_scores));
+        ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores));
+        EXPECT_TRUE(AllClose(want_out, out, 1e-5, 1e-4));
+        EXPECT_TRUE(AllClose(want_scores, scores, 1e-5, 1e-4));
+      }
+    }
+  }
+}
+
+TEST_F(MemoryAttentionGpuTest, QueriesWithoutVisibleKeysGetZero) {
+  // The window lies after the queries and no global key is old enough.
+  Problem pr = MakeProblem({4, 16, 5, 8, 6, 2, 64, 5}, 99);
+  pr.start = pr.local_first - 10;
+  std::vector<float> out, scores;
+  ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores));
+  EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](float x) { return x == 0.0f; }));
+  EXPECT_EQ(scores, pr.scores);
+}
+
+TEST_F(MemoryAttentionGpuTest, LocalScoresAreDeterministic) {
+  const Problem pr = MakeProblem({64, 512, 300, 128, 6, 2, 128, 100}, 7);
+  std::vector<float> out1, scores1, out2, scores2;
+  ASSERT_NO_FATAL_FAILURE(Device(pr, &out1, &scores1));
+  ASSERT_NO_FATAL_FAILURE(Device(pr, &out2, &scores2));
+  EXPECT_EQ(out1, out2);
+  EXPECT_EQ(scores1, scores2);
+}
+
+// Validation and empty chunks never touch the device, so these run without a GPU too.
+TEST(MemoryAttentionValidation, RejectsInvalidParamsAndSkipsEmptyChunks) {
+  const float x = 0.0f;
+  float y = 0.0f;
+  MemoryAttentionParams p{.q_local = &x,
+                          .q_global = &x,
+                          .out = &y,
+                          .n = 1,
+                          .n_local = 4,
+                          .heads = 1,
+                          .kv_heads = 1,
+                          .head_dim = kMemoryAttentionMaxHeadDim + 1};
+  EXPECT_THAT(LaunchMemoryAttention(p, &y, 8, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  p.head_dim = 1;
+  EXPECT_EQ(MemoryAttentionWorkspaceBytes(p), 2 * sizeof(float));
+  EXPECT_THAT(LaunchMemoryAttention(p, nullptr, 8, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(LaunchMemoryAttention(p, &y, 7, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  p.kv_heads = 0;
+  EXPECT_THAT(LaunchMemoryAttention(p, &y, 8, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  p.kv_heads = 1;
+  p.n = 0;
+  EXPECT_EQ(MemoryAttentionWorkspaceBytes(p), 0u);
+  EXPECT_OK(LaunchMemoryAttention(p, nullptr, 0, nullptr));
+}
+
+}  // namespace
+}  // namespace qllm::cuda
