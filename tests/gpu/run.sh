@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check in one command: configure and build the CUDA backend in build-gpu, run the
-# GPU parity tests (ctest -L gpu), then a short CPU benchmark for reference, and print a
-# summary table last. Takes about 3-5 minutes on a 16-core H100 machine.
+# GPU parity tests (ctest -L gpu), the GPU op micro-benchmarks (gpu_ops_bench), then a short CPU
+# benchmark for reference, and print a summary table last. Takes about 3-5 minutes on a 16-core
+# H100 machine.
 #
 #   tests/gpu/run.sh
 #
@@ -10,11 +11,12 @@
 #   CUDA_ARCHS     CMAKE_CUDA_ARCHITECTURES. Default: 90 (H100)
 #   JOBS           build parallelism. Default: nproc
 #   RUN_BENCH      0 skips the CPU benchmark. Default: 1
+#   RUN_GPU_BENCH  0 skips the GPU op micro-benchmarks (gpu_ops_bench). Default: 1
 #   REQUIRE_GPU    1: fail when the GPU tests skip; 0: allow skipping; default: 1 when
 #                  nvidia-smi lists a GPU, else 0
 #
 # Exit status: non-zero when the build or a GPU test fails (or the tests skip although a GPU
-# is listed). A failing benchmark is reported in the table but does not fail the run.
+# is listed). A failing benchmark (CPU or GPU) is reported in the table but does not fail the run.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -22,6 +24,7 @@ BUILD_DIR=${BUILD_DIR:-$ROOT/build-gpu}
 CUDA_ARCHS=${CUDA_ARCHS:-90}
 JOBS=${JOBS:-$(nproc)}
 RUN_BENCH=${RUN_BENCH:-1}
+RUN_GPU_BENCH=${RUN_GPU_BENCH:-1}
 LOG_DIR=$BUILD_DIR/gpu-run
 START=$SECONDS
 
@@ -78,6 +81,23 @@ if [[ $skipped -gt 0 ]]; then
     grep -A1 ': Skipped' | tail -1 || true)
 fi
 
+# gpu_ops_bench (built by qllm_gpu_tests): GEMM / attention / top-k at Llama-3-8B shapes. It
+# exits 0 with a message when no device is usable.
+gpu_bench_status=skipped
+if [[ $RUN_GPU_BENCH -eq 1 ]]; then
+  section "GPU op micro-benchmarks (gpu_ops_bench)"
+  set +e
+  timeout 240 "$BUILD_DIR/tests/gpu/gpu_ops_bench" 2>&1 | tee "$LOG_DIR/gpu_bench.log"
+  gpu_bench_rc=${PIPESTATUS[0]}
+  set -e
+  gpu_bench_status=ok
+  if [[ $gpu_bench_rc -ne 0 ]]; then
+    gpu_bench_status="FAILED (rc $gpu_bench_rc, see $LOG_DIR/gpu_bench.log)"
+  elif ! grep -q '^GPU ops benchmark:' "$LOG_DIR/gpu_bench.log"; then
+    gpu_bench_status="skipped ($(tail -1 "$LOG_DIR/gpu_bench.log"))"
+  fi
+fi
+
 bench_status=skipped
 if [[ $RUN_BENCH -eq 1 ]]; then
   section "CPU benchmark (short run)"
@@ -97,6 +117,10 @@ printf '  %-26s %s\n' "CUDA archs" "$CUDA_ARCHS"
 printf '  %-26s %s\n' "GPU tests (ctest -L gpu)" \
   "$gpu_status; ${summary:-no summary}, $skipped skipped"
 [[ -z $skip_reason ]] || printf '  %-26s %s\n' "skip reason" "$skip_reason"
+printf '  %-26s %s\n' "GPU op benchmark" "$gpu_bench_status"
+if [[ $gpu_bench_status == ok ]]; then
+  sed -n '/^GPU ops benchmark:/,$p' "$LOG_DIR/gpu_bench.log" | sed 's/^/  /'
+fi
 printf '  %-26s %s\n' "CPU benchmark" "$bench_status"
 if [[ $bench_status == ok ]]; then
   # The benchmark's own table (its last lines).
