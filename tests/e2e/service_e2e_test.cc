@@ -368,6 +368,39 @@ TEST(ServiceE2eTest, AWorkerKilledMidAnswerGivesUnavailableAndTheServiceRecovers
   std::filesystem::remove_all(dir);
 }
 
+TEST(ServiceE2eTest, AClientKilledMidAnswerFreesEveryStage) {
+  const std::string dir = testing::MakeScratchDir();
+  Cluster cluster(dir, {"--chunk_tokens=256"});
+  ASSERT_NO_FATAL_FAILURE(cluster.Start());
+  Client client(cluster.address());
+  const std::string doc = dir + "/long.txt";
+  std::ofstream(doc) << MakeHaystack(4000, 13, "The pass key is 99.");
+  // The Python client example as the victim: SIGKILLed while its answer is being prefilled.
+  auto victim = Process::Start(
+      {"/usr/bin/python3", testing::SourceDir() + "/clients/python/qllm_client.py", "--address",
+       cluster.address(), "--generated", testing::BinaryDir() + "/python", "--text-file", doc,
+       "--question", kQuestion},
+      dir + "/victim.log");
+  ASSERT_OK(victim.status());
+  auto open_sessions = [&] {
+    v1::ClusterStatus st;
+    int n = 0;
+    if (client.ClusterStatus(&st).ok()) {
+      for (const auto& w : st.workers()) n += w.open_sessions();
+    }
+    return n;
+  };
+  ASSERT_TRUE(Eventually([&] { return open_sessions() == 3; })) << cluster.Logs();
+  (*victim)->Kill(SIGKILL);
+  (*victim)->Wait();
+  // The coordinator notices the dead stream at the next chunk and closes every stage's session.
+  EXPECT_TRUE(Eventually([&] { return open_sessions() == 0; })) << cluster.Logs();
+  const AskOutcome after =
+      client.Ask(MakeAsk(kQuestion, MakeHaystack(20, 1, "x"), v1::MemoryParams::MODE_QLLM, 2));
+  EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  std::filesystem::remove_all(dir);
+}
+
 TEST(ServiceE2eTest, SigtermDrainsAndExitsCleanly) {
   const std::string dir = testing::MakeScratchDir();
   Cluster cluster(dir, {});
