@@ -252,8 +252,37 @@ absl::Status Coordinator::EnsureReady(absl::Time deadline) {
     }
     p.incarnation = id->incarnation;
     p.ready = true;
+    SweepOrphans(i, control);
   }
   return absl::OkStatus();
+}
+
+void Coordinator::SweepOrphans(size_t i, absl::Time deadline) {
+  if (catalogue_ == nullptr) return;
+  auto held = stages_[i]->ListDocuments(deadline);
+  if (!held.ok() || held->empty()) return;
+  std::set<uint64_t> known;
+  {
+    absl::MutexLock lock(&documents_mu_);
+    known = ingesting_;
+    std::string after;
+    while (true) {
+      auto page = catalogue_->List(after, 1000);
+      if (!page.ok()) return;  // Unsure what exists: delete nothing.
+      for (const DocumentEntry& e : *page) known.insert(e.key);
+      if (page->size() < 1000) break;
+      after = page->back().document_id;
+    }
+  }
+  int deleted = 0;
+  for (uint64_t key : *held) {
+    if (known.contains(key)) continue;
+    if (stages_[i]->DeleteDocument(key, deadline).ok()) ++deleted;
+  }
+  if (deleted > 0) {
+    QLLM_LOG(INFO) << "stage " << i << " (" << stages_[i]->address() << "): deleted " << deleted
+                   << " document state(s) no catalogue entry names";
+  }
 }
 
 absl::Status Coordinator::CheckStages(absl::Time deadline) {
@@ -677,7 +706,20 @@ absl::StatusOr<v1::Document> Coordinator::CreateDocument(const v1::DocumentMetad
                                                    options_.max_prompt_tokens));
   }
   RETURN_IF_ERROR(EnsureReady(call.deadline));
-  ASSIGN_OR_RETURN(const uint64_t key, catalogue_->NextKey());
+  uint64_t key;
+  {
+    absl::MutexLock lock(&documents_mu_);
+    ASSIGN_OR_RETURN(key, catalogue_->NextKey());
+    ingesting_.insert(key);
+  }
+  struct IngestGuard {
+    Coordinator* c;
+    uint64_t key;
+    ~IngestGuard() {
+      absl::MutexLock lock(&c->documents_mu_);
+      c->ingesting_.erase(key);
+    }
+  } ingest_guard{this, key};
   worker::SessionSpec spec;
   spec.session_id = next_session_id_.fetch_add(1);
   spec.memory = memory;
@@ -848,6 +890,7 @@ v1::ClusterStatus Coordinator::GetClusterStatus() {
     w->set_health(loaded ? v1::WorkerStatus::HEALTH_SERVING : v1::WorkerStatus::HEALTH_NOT_SERVING);
     serving = serving && loaded;
     if (auto stats = stages_[i]->GetStats(deadline); stats.ok()) {
+      w->set_documents(stats->documents);
       w->set_open_sessions(stats->open_sessions);
       w->set_host_bytes(stats->host_bytes);
       w->set_disk_bytes(stats->disk_bytes);

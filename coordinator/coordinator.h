@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -114,6 +115,9 @@ class Coordinator {
                                        const CallContext& call, AskSink* sink);
   v1::Document ToProto(const DocumentEntry& e) const;
   absl::Status StageError(size_t stage, const absl::Status& s) const;
+  // Deletes the documents stage `i` holds that no catalogue entry or ingest in flight names
+  // (left by a crash between the workers' commit and the catalogue write). Best effort.
+  void SweepOrphans(size_t i, absl::Time deadline);
 
   const CoordinatorOptions options_;
   const std::vector<std::unique_ptr<Stage>> stages_;
@@ -130,6 +134,8 @@ class Coordinator {
   absl::Mutex admission_mu_;
   int32_t active_ ABSL_GUARDED_BY(admission_mu_) = 0;
   absl::Mutex documents_mu_;  // Serializes catalogue writes of one coordinator.
+  // Worker document keys of ingests in flight (not yet in the catalogue).
+  std::set<uint64_t> ingesting_ ABSL_GUARDED_BY(documents_mu_);
   std::atomic<uint64_t> next_session_id_;
 };
 

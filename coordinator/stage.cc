@@ -75,6 +75,9 @@ class InProcessStage final : public Stage {
   absl::Status DeleteDocument(uint64_t key, absl::Time) override {
     return core_->DeleteDocument(key);
   }
+  absl::StatusOr<std::vector<uint64_t>> ListDocuments(absl::Time) override {
+    return core_->ListDocuments();
+  }
   absl::StatusOr<worker::WorkerStatsSnapshot> GetStats(absl::Time) override {
     return core_->GetStats();
   }
@@ -222,6 +225,14 @@ class GrpcStage final : public Stage {
     request.set_document_key(key);
     v1::DeleteWorkerDocumentResponse response;
     return Annotate(stub_->DeleteDocument(&context, request, &response), address_);
+  }
+  absl::StatusOr<std::vector<uint64_t>> ListDocuments(absl::Time deadline) override {
+    grpc::ClientContext context;
+    SetDeadline(&context, deadline);
+    v1::ListWorkerDocumentsResponse response;
+    RETURN_IF_ERROR(Annotate(
+        stub_->ListDocuments(&context, v1::ListWorkerDocumentsRequest(), &response), address_));
+    return std::vector<uint64_t>(response.document_keys().begin(), response.document_keys().end());
   }
   absl::StatusOr<worker::WorkerStatsSnapshot> GetStats(absl::Time deadline) override {
     grpc::ClientContext context;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -52,6 +53,7 @@ class Stage {
                                                   const worker::SessionSpec& spec,
                                                   absl::Time deadline) = 0;
   virtual absl::Status DeleteDocument(uint64_t document_key, absl::Time deadline) = 0;
+  virtual absl::StatusOr<std::vector<uint64_t>> ListDocuments(absl::Time deadline) = 0;
   virtual absl::StatusOr<worker::WorkerStatsSnapshot> GetStats(absl::Time deadline) = 0;
 };
 

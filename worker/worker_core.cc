@@ -294,6 +294,13 @@ absl::Status WorkerCore::DeleteDocument(uint64_t document_key) {
   return absl::IsNotFound(s) ? absl::OkStatus() : s;
 }
 
+std::vector<uint64_t> WorkerCore::ListDocuments() const {
+  std::vector<uint64_t> keys;
+  if (store_ == nullptr) return keys;
+  for (const memstore::DocumentInfo& d : store_->ListDocuments(kTenant)) keys.push_back(d.doc_id);
+  return keys;
+}
+
 WorkerStatsSnapshot WorkerCore::GetStats() const {
   WorkerStatsSnapshot out;
   {

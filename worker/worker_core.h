@@ -127,6 +127,8 @@ class WorkerCore {
   absl::StatusOr<int64_t> RestoreDocument(uint64_t document_key, const SessionSpec& spec);
   // Deletes a document's states (unknown keys are OK).
   absl::Status DeleteDocument(uint64_t document_key);
+  // Keys of the documents in the store (pending and committed); empty without a store.
+  std::vector<uint64_t> ListDocuments() const;
 
   WorkerStatsSnapshot GetStats() const;
 

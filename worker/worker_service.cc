@@ -154,6 +154,13 @@ grpc::Status WorkerService::DeleteDocument(grpc::ServerContext*,
   return ToGrpc(core_->DeleteDocument(request->document_key()));
 }
 
+grpc::Status WorkerService::ListDocuments(grpc::ServerContext*,
+                                          const v1::ListWorkerDocumentsRequest*,
+                                          v1::ListWorkerDocumentsResponse* response) {
+  for (uint64_t key : core_->ListDocuments()) response->add_document_keys(key);
+  return grpc::Status::OK;
+}
+
 grpc::Status WorkerService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
                                      v1::WorkerStats* response) {
   const WorkerStatsSnapshot s = core_->GetStats();

@@ -37,6 +37,9 @@ class WorkerService final : public v1::Worker::Service {
   grpc::Status DeleteDocument(grpc::ServerContext* context,
                               const v1::DeleteWorkerDocumentRequest* request,
                               v1::DeleteWorkerDocumentResponse* response) override;
+  grpc::Status ListDocuments(grpc::ServerContext* context,
+                             const v1::ListWorkerDocumentsRequest* request,
+                             v1::ListWorkerDocumentsResponse* response) override;
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::WorkerStats* response) override;
 

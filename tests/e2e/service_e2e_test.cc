@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "coordinator/catalogue.h"
 #include "coordinator/generator.h"
 #include "coordinator/local_pipeline.h"
 #include "coordinator/server.h"
@@ -398,6 +399,48 @@ TEST(ServiceE2eTest, AClientKilledMidAnswerFreesEveryStage) {
   const AskOutcome after =
       client.Ask(MakeAsk(kQuestion, MakeHaystack(20, 1, "x"), v1::MemoryParams::MODE_QLLM, 2));
   EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ServiceE2eTest, WorkerStatesNoCatalogueEntryNamesAreSwept) {
+  // A crash between the workers' commit and the catalogue write leaves worker states that no
+  // document names; the coordinator deletes them when it (re)connects to the workers.
+  const std::string dir = testing::MakeScratchDir();
+  coordinator::ServerOptions options;
+  options.coordinator.model_dir = ModelDir();
+  options.coordinator.data_dir = dir;
+  options.local_workers = 2;
+  auto documents_on_workers = [](Client& c) {
+    v1::ClusterStatus st;
+    int n = 0;
+    if (c.ClusterStatus(&st).ok()) {
+      for (const auto& w : st.workers()) n += w.documents();
+    }
+    return n;
+  };
+  {
+    ASSERT_OK_AND_ASSIGN(auto server, coordinator::Server::Start(options));
+    Client client(absl::StrCat("127.0.0.1:", server->port()));
+    v1::DocumentMetadata meta;
+    meta.set_document_id("kept");
+    ASSERT_TRUE(
+        client.CreateDocument(meta, MakeHaystack(30, 1, "The pass key is 1."), nullptr).ok());
+    meta.set_document_id("orphan");
+    ASSERT_TRUE(
+        client.CreateDocument(meta, MakeHaystack(30, 2, "The pass key is 2."), nullptr).ok());
+    EXPECT_EQ(documents_on_workers(client), 4);
+  }
+  {  // The crash window, simulated: the catalogue loses the entry, the workers keep the states.
+    ASSERT_OK_AND_ASSIGN(auto catalogue, coordinator::Catalogue::Open(dir + "/catalogue"));
+    ASSERT_OK(catalogue->Delete("orphan"));
+  }
+  ASSERT_OK_AND_ASSIGN(auto server, coordinator::Server::Start(options));
+  Client client(absl::StrCat("127.0.0.1:", server->port()));
+  v1::AskRequest ask = MakeAsk(kQuestion, "", v1::MemoryParams::MODE_UNSPECIFIED, 2);
+  ask.set_document_id("kept");
+  const AskOutcome out = client.Ask(ask);
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(documents_on_workers(client), 2);
   std::filesystem::remove_all(dir);
 }
 
