@@ -81,8 +81,7 @@ absl::StatusOr<ShardInfo> WorkerCore::LoadShard(const ShardSpec& spec) {
   return ShardInfo{shard_->config(), fingerprint_};
 }
 
-absl::StatusOr<SessionOptions> WorkerCore::MakeOptions(const SessionSpec& spec,
-                                                       uint64_t owner) const {
+SessionOptions WorkerCore::MakeOptions(const SessionSpec& spec, uint64_t owner) const {
   SessionOptions options;
   options.memory = spec.memory;
   options.question = spec.question;
@@ -101,10 +100,20 @@ absl::Status WorkerCore::Insert(const SessionSpec& spec, std::unique_ptr<ShardSe
   session->storage_owner = owner;
   session->last_used = absl::Now();
   absl::MutexLock lock(&mu_);
-  if (sessions_.contains(spec.session_id)) {
-    return absl::AlreadyExistsError(absl::StrCat("session ", spec.session_id, " is open"));
-  }
+  RETURN_IF_ERROR(CheckRoom(spec.session_id));
   sessions_.emplace(spec.session_id, std::move(session));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerCore::CheckRoom(uint64_t session_id) const {
+  if (sessions_.contains(session_id)) {
+    return absl::AlreadyExistsError(absl::StrCat("session ", session_id, " is open"));
+  }
+  if (static_cast<int32_t>(sessions_.size()) >= options_.max_sessions) {
+    return absl::ResourceExhaustedError(absl::StrCat("worker ", options_.worker_id, " has ",
+                                                     sessions_.size(), " open sessions (max ",
+                                                     options_.max_sessions, ")"));
+  }
   return absl::OkStatus();
 }
 
@@ -114,16 +123,9 @@ absl::Status WorkerCore::OpenSession(const SessionSpec& spec) {
   if (spec.session_id == 0 || (spec.session_id & kDocumentOwnerBit) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("invalid session id ", spec.session_id));
   }
-  {
+  {  // Fail before any work; Insert checks again.
     absl::MutexLock lock(&mu_);
-    if (sessions_.contains(spec.session_id)) {
-      return absl::AlreadyExistsError(absl::StrCat("session ", spec.session_id, " is open"));
-    }
-    if (static_cast<int32_t>(sessions_.size()) >= options_.max_sessions) {
-      return absl::ResourceExhaustedError(absl::StrCat("worker ", options_.worker_id, " has ",
-                                                       sessions_.size(), " open sessions (max ",
-                                                       options_.max_sessions, ")"));
-    }
+    RETURN_IF_ERROR(CheckRoom(spec.session_id));
   }
   uint64_t owner = spec.session_id;
   if (spec.ingest_document_key != 0) {
@@ -142,7 +144,7 @@ absl::Status WorkerCore::OpenSession(const SessionSpec& spec) {
     }
     RETURN_IF_ERROR(store_->BeginDocument(kTenant, spec.ingest_document_key));
   }
-  ASSIGN_OR_RETURN(SessionOptions options, MakeOptions(spec, owner));
+  const SessionOptions options = MakeOptions(spec, owner);
   auto state = shard->NewSession(options);
   absl::Status status = state.ok() ? Insert(spec, std::move(*state), owner) : state.status();
   if (!status.ok() && spec.ingest_document_key != 0) {
@@ -261,6 +263,10 @@ absl::StatusOr<int64_t> WorkerCore::RestoreDocument(uint64_t document_key,
       (spec.session_id & kDocumentOwnerBit) != 0) {
     return absl::InvalidArgumentError("invalid session for a restore");
   }
+  {  // Fail before reading the states; Insert checks again.
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(CheckRoom(spec.session_id));
+  }
   RETURN_IF_ERROR(store_->OpenDocument(kTenant, document_key).status());
   const memstore::OwnerId owner = memstore::OwnerId::Document(kTenant, document_key);
   std::vector<std::string> blobs;
@@ -273,17 +279,9 @@ absl::StatusOr<int64_t> WorkerCore::RestoreDocument(uint64_t document_key,
     RETURN_IF_ERROR(blob.status());
     blobs.push_back(std::move(*blob));
   }
-  ASSIGN_OR_RETURN(SessionOptions options, MakeOptions(spec, spec.session_id));
+  const SessionOptions options = MakeOptions(spec, spec.session_id);
   ASSIGN_OR_RETURN(std::unique_ptr<ShardSession> state, shard->RestoreSession(options, blobs));
   const int64_t tokens = state->position();
-  {
-    absl::MutexLock lock(&mu_);
-    if (static_cast<int32_t>(sessions_.size()) >= options_.max_sessions) {
-      return absl::ResourceExhaustedError(absl::StrCat("worker ", options_.worker_id, " has ",
-                                                       sessions_.size(), " open sessions (max ",
-                                                       options_.max_sessions, ")"));
-    }
-  }
   RETURN_IF_ERROR(Insert(spec, std::move(state), spec.session_id));
   return tokens;
 }

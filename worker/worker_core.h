@@ -142,7 +142,9 @@ class WorkerCore {
     absl::Time last_used;
   };
 
-  absl::StatusOr<SessionOptions> MakeOptions(const SessionSpec& spec, uint64_t owner) const;
+  SessionOptions MakeOptions(const SessionSpec& spec, uint64_t owner) const;
+  // ALREADY_EXISTS for an id in use, RESOURCE_EXHAUSTED at max_sessions.
+  absl::Status CheckRoom(uint64_t session_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<Session>> FindSession(uint64_t id);
   absl::Status Insert(const SessionSpec& spec, std::unique_ptr<ShardSession> state, uint64_t owner);
   absl::Status ReleaseSession(const std::shared_ptr<Session>& s);
