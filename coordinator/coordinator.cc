@@ -5,6 +5,7 @@
 #include <deque>
 #include <map>
 #include <random>
+#include <span>
 #include <thread>
 #include <utility>
 
@@ -43,6 +44,38 @@ bool ValidDocumentId(std::string_view id) {
   return std::all_of(id.begin(), id.end(), [](char c) {
     return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
   });
+}
+
+absl::Status CheckDocumentId(std::string_view id, const char* field) {
+  if (ValidDocumentId(id)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(field, " must match [A-Za-z0-9._-]{1,128}"));
+}
+
+// CANCELLED or DEADLINE_EXCEEDED once the client is gone or out of time.
+absl::Status CheckCall(const CallContext& call) {
+  if (call.cancelled()) return absl::CancelledError("cancelled by the client");
+  if (absl::Now() > call.deadline) return absl::DeadlineExceededError("deadline exceeded");
+  return absl::OkStatus();
+}
+
+// `ids` (at positions start..) in pipeline chunks of `chunk_tokens`; the first chunk holds at
+// least `first_min` tokens (a question span must be processed in one call).
+std::vector<Activations> MakeChunks(uint64_t session_id, std::span<const int32_t> ids,
+                                    int64_t start, int64_t chunk_tokens, int64_t first_min) {
+  const int64_t total = static_cast<int64_t>(ids.size());
+  std::vector<Activations> chunks;
+  for (int64_t b = 0; b < total;) {
+    int64_t n = std::min(chunk_tokens, total - b);
+    if (b == 0) n = std::max(n, std::min(total, first_min));
+    Activations a;
+    a.session_id = session_id;
+    a.position = start + b;
+    a.tokens = static_cast<int32_t>(n);
+    a.ids.assign(ids.begin() + b, ids.begin() + b + n);
+    chunks.push_back(std::move(a));
+    b += n;
+  }
+  return chunks;
 }
 
 // Block modes share a document layout: a document ingested in either can be asked in either.
@@ -310,9 +343,7 @@ absl::Status Coordinator::ValidateAsk(const v1::AskRequest& r, MemoryConfig* mem
       RETURN_IF_ERROR(CheckUtf8(r.inline_text(), "inline_text"));
       break;
     case v1::AskRequest::kDocumentId:
-      if (!ValidDocumentId(r.document_id())) {
-        return absl::InvalidArgumentError("document_id must match [A-Za-z0-9._-]{1,128}");
-      }
+      RETURN_IF_ERROR(CheckDocumentId(r.document_id(), "document_id"));
       break;
     default:
       return absl::InvalidArgumentError("set inline_text or document_id");
@@ -399,9 +430,7 @@ absl::StatusOr<v1::AskResult> Coordinator::RunAsk(const v1::AskRequest& r,
   Prompt prompt;
   std::optional<DocumentEntry> doc;
   if (r.source_case() == v1::AskRequest::kDocumentId) {
-    if (catalogue_ == nullptr) {
-      return absl::FailedPreconditionError("documents are disabled: start with --data_dir");
-    }
+    RETURN_IF_ERROR(DocumentsEnabled());
     ASSIGN_OR_RETURN(doc, catalogue_->Get(r.document_id()));
     if (doc->model_fingerprint != fingerprint_) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -465,8 +494,7 @@ absl::StatusOr<v1::AskResult> Coordinator::RunAsk(const v1::AskRequest& r,
                                                    " tokens; this server accepts at most ",
                                                    options_.max_prompt_tokens));
   }
-  if (call.cancelled()) return absl::CancelledError("cancelled by the client");
-  if (absl::Now() > call.deadline) return absl::DeadlineExceededError("deadline exceeded");
+  RETURN_IF_ERROR(CheckCall(call));
   RETURN_IF_ERROR(EnsureReady(call.deadline));
 
   // Open the session on every stage (restoring a stored document's states).
@@ -492,40 +520,20 @@ absl::StatusOr<v1::AskResult> Coordinator::RunAsk(const v1::AskRequest& r,
       guard.Opened();
     }
   }
-  std::vector<std::unique_ptr<ChunkStream>> owned;
-  std::vector<ChunkStream*> streams;
-  for (size_t i = 0; i < stages_.size(); ++i) {
-    ASSIGN_OR_RETURN(auto s, stages_[i]->OpenChunkStream(spec.session_id, call.deadline));
-    streams.push_back(s.get());
-    owned.push_back(std::move(s));
-  }
+  ASSIGN_OR_RETURN(Streams streams, OpenStreams(spec.session_id, call.deadline));
 
   // Prefill: the first chunk covers the question span (it must be processed in one call).
   const absl::Time t0 = absl::Now();
-  std::vector<Activations> chunks;
-  for (int64_t b = 0; b < total;) {
-    int64_t n = std::min(options_.chunk_tokens, total - b);
-    if (b == 0) n = std::max(n, std::min(total, prompt.question.end - prompt.start));
-    Activations a;
-    a.session_id = spec.session_id;
-    a.position = prompt.start + b;
-    a.tokens = static_cast<int32_t>(n);
-    a.ids.assign(prompt.ids.begin() + b, prompt.ids.begin() + b + n);
-    chunks.push_back(std::move(a));
-    b += n;
-  }
+  std::vector<Activations> chunks =
+      MakeChunks(spec.session_id, prompt.ids, prompt.start, options_.chunk_tokens,
+                 prompt.question.end - prompt.start);
   std::vector<worker::ChunkSelection> selections;
   std::vector<float> last_logits;
   int64_t done = 0, reported = 0;
   const int64_t interval = r.progress_interval_tokens();
-  auto check_call = [&]() -> absl::Status {
-    if (call.cancelled()) return absl::CancelledError("cancelled by the client");
-    if (absl::Now() > call.deadline) return absl::DeadlineExceededError("deadline exceeded");
-    return absl::OkStatus();
-  };
-  RETURN_IF_ERROR(RunPipelined(streams, std::move(chunks), options_.max_inflight_chunks,
+  RETURN_IF_ERROR(RunPipelined(streams.raw, std::move(chunks), options_.max_inflight_chunks,
                                [&](Activations& a) -> absl::Status {
-                                 RETURN_IF_ERROR(check_call());
+                                 RETURN_IF_ERROR(CheckCall(call));
                                  done += a.tokens;
                                  if (done == total || done - reported >= interval) {
                                    sink->Progress(done, total);
@@ -573,13 +581,13 @@ absl::StatusOr<v1::AskResult> Coordinator::RunAsk(const v1::AskRequest& r,
       break;
     }
     if (static_cast<int32_t>(generated.size()) >= max_tokens) break;
-    RETURN_IF_ERROR(check_call());
+    RETURN_IF_ERROR(CheckCall(call));
     Activations a;
     a.session_id = spec.session_id;
     a.position = position++;
     a.tokens = 1;
     a.ids = {token};
-    for (ChunkStream* s : streams) RETURN_IF_ERROR(s->Run(&a));
+    for (ChunkStream* s : streams.raw) RETURN_IF_ERROR(s->Run(&a));
     for (auto& s : a.selections) selections.push_back(std::move(s));
     last_logits = std::move(a.logits);
   }
@@ -651,18 +659,31 @@ absl::StatusOr<v1::AskResult> Coordinator::RunAsk(const v1::AskRequest& r,
   return result;
 }
 
-absl::Status Coordinator::ValidateMetadata(const v1::DocumentMetadata& m) const {
-  if (catalogue_ == nullptr) {
-    return absl::FailedPreconditionError("documents are disabled: start with --data_dir");
+absl::Status Coordinator::DocumentsEnabled() const {
+  if (catalogue_ != nullptr) return absl::OkStatus();
+  return absl::FailedPreconditionError("documents are disabled: start with --data_dir");
+}
+
+absl::StatusOr<Coordinator::Streams> Coordinator::OpenStreams(uint64_t session_id,
+                                                              absl::Time deadline) const {
+  Streams streams;
+  for (const auto& stage : stages_) {
+    ASSIGN_OR_RETURN(std::unique_ptr<ChunkStream> s, stage->OpenChunkStream(session_id, deadline));
+    streams.raw.push_back(s.get());
+    streams.owned.push_back(std::move(s));
   }
-  if (!ValidDocumentId(m.document_id())) {
-    return absl::InvalidArgumentError("metadata.document_id must match [A-Za-z0-9._-]{1,128}");
-  }
+  return streams;
+}
+
+absl::StatusOr<MemoryConfig> Coordinator::ValidateMetadata(const v1::DocumentMetadata& m) const {
+  RETURN_IF_ERROR(DocumentsEnabled());
+  RETURN_IF_ERROR(CheckDocumentId(m.document_id(), "metadata.document_id"));
   if (m.title().size() > 1024)
     return absl::InvalidArgumentError("metadata.title exceeds 1024 bytes");
-  MemoryConfig memory;
-  ASSIGN_OR_RETURN(memory, worker::MemoryConfigFromProto(m.memory(), options_.default_memory));
-  return memory.ValidateForModel(config_.rope_theta);
+  ASSIGN_OR_RETURN(MemoryConfig memory,
+                   worker::MemoryConfigFromProto(m.memory(), options_.default_memory));
+  RETURN_IF_ERROR(memory.ValidateForModel(config_.rope_theta));
+  return memory;
 }
 
 v1::Document Coordinator::ToProto(const DocumentEntry& e) const {
@@ -680,11 +701,9 @@ v1::Document Coordinator::ToProto(const DocumentEntry& e) const {
 absl::StatusOr<v1::Document> Coordinator::CreateDocument(const v1::DocumentMetadata& metadata,
                                                          const std::string& text,
                                                          const CallContext& call, AskSink* sink) {
-  RETURN_IF_ERROR(ValidateMetadata(metadata));
+  ASSIGN_OR_RETURN(const MemoryConfig memory, ValidateMetadata(metadata));
   if (text.empty()) return absl::InvalidArgumentError("the document text is empty");
   RETURN_IF_ERROR(CheckUtf8(text, "the document text"));
-  ASSIGN_OR_RETURN(MemoryConfig memory,
-                   worker::MemoryConfigFromProto(metadata.memory(), options_.default_memory));
   const uint64_t hash = TextHash(text);
   if (auto existing = catalogue_->Get(metadata.document_id()); existing.ok()) {
     if (existing->text_hash == hash && existing->model_fingerprint == fingerprint_) {
@@ -734,32 +753,13 @@ absl::StatusOr<v1::Document> Coordinator::CreateDocument(const v1::DocumentMetad
       if (absl::Status s = stages_[i]->OpenSession(spec, control); !s.ok()) return StageError(i, s);
       guard.Opened();
     }
-    std::vector<std::unique_ptr<ChunkStream>> owned;
-    std::vector<ChunkStream*> streams;
-    for (size_t i = 0; i < stages_.size(); ++i) {
-      ASSIGN_OR_RETURN(auto s, stages_[i]->OpenChunkStream(spec.session_id, call.deadline));
-      streams.push_back(s.get());
-      owned.push_back(std::move(s));
-    }
-    std::vector<Activations> chunks;
-    for (int64_t b = 0; b < total; b += options_.chunk_tokens) {
-      const int64_t n = std::min(options_.chunk_tokens, total - b);
-      Activations a;
-      a.session_id = spec.session_id;
-      a.position = b;
-      a.tokens = static_cast<int32_t>(n);
-      a.ids.assign(p.ids.begin() + b, p.ids.begin() + b + n);
-      chunks.push_back(std::move(a));
-    }
+    ASSIGN_OR_RETURN(Streams streams, OpenStreams(spec.session_id, call.deadline));
+    std::vector<Activations> chunks =
+        MakeChunks(spec.session_id, p.ids, 0, options_.chunk_tokens, /*first_min=*/0);
     int64_t done = 0;
-    RETURN_IF_ERROR(RunPipelined(streams, std::move(chunks), options_.max_inflight_chunks,
+    RETURN_IF_ERROR(RunPipelined(streams.raw, std::move(chunks), options_.max_inflight_chunks,
                                  [&](Activations& a) -> absl::Status {
-                                   if (call.cancelled()) {
-                                     return absl::CancelledError("cancelled by the client");
-                                   }
-                                   if (absl::Now() > call.deadline) {
-                                     return absl::DeadlineExceededError("deadline exceeded");
-                                   }
+                                   RETURN_IF_ERROR(CheckCall(call));
                                    done += a.tokens;
                                    sink->Progress(done, total);
                                    return absl::OkStatus();
@@ -796,21 +796,15 @@ absl::StatusOr<v1::Document> Coordinator::CreateDocument(const v1::DocumentMetad
 }
 
 absl::StatusOr<v1::Document> Coordinator::GetDocument(const std::string& document_id) const {
-  if (catalogue_ == nullptr) {
-    return absl::FailedPreconditionError("documents are disabled: start with --data_dir");
-  }
-  if (!ValidDocumentId(document_id)) {
-    return absl::InvalidArgumentError("document_id must match [A-Za-z0-9._-]{1,128}");
-  }
+  RETURN_IF_ERROR(DocumentsEnabled());
+  RETURN_IF_ERROR(CheckDocumentId(document_id, "document_id"));
   ASSIGN_OR_RETURN(DocumentEntry e, catalogue_->Get(document_id));
   return ToProto(e);
 }
 
 absl::StatusOr<v1::ListDocumentsResponse> Coordinator::ListDocuments(
     const v1::ListDocumentsRequest& r) const {
-  if (catalogue_ == nullptr) {
-    return absl::FailedPreconditionError("documents are disabled: start with --data_dir");
-  }
+  RETURN_IF_ERROR(DocumentsEnabled());
   if (r.page_size() < 0 || r.page_size() > 1000) {
     return absl::InvalidArgumentError(
         absl::StrCat("page_size must be in [0, 1000], got ", r.page_size()));
@@ -830,12 +824,8 @@ absl::StatusOr<v1::ListDocumentsResponse> Coordinator::ListDocuments(
 }
 
 absl::Status Coordinator::DeleteDocument(const std::string& document_id, const CallContext& call) {
-  if (catalogue_ == nullptr) {
-    return absl::FailedPreconditionError("documents are disabled: start with --data_dir");
-  }
-  if (!ValidDocumentId(document_id)) {
-    return absl::InvalidArgumentError("document_id must match [A-Za-z0-9._-]{1,128}");
-  }
+  RETURN_IF_ERROR(DocumentsEnabled());
+  RETURN_IF_ERROR(CheckDocumentId(document_id, "document_id"));
   uint64_t key;
   {
     absl::MutexLock lock(&documents_mu_);
@@ -858,15 +848,7 @@ absl::Status Coordinator::DeleteDocument(const std::string& document_id, const C
 
 v1::ClusterStatus Coordinator::GetClusterStatus() {
   v1::ClusterStatus out;
-  v1::ModelInfo* m = out.mutable_model();
-  m->set_architecture(config_.architecture);
-  m->set_num_layers(config_.num_layers);
-  m->set_hidden_size(config_.hidden_size);
-  m->set_num_attention_heads(config_.num_heads);
-  m->set_num_key_value_heads(config_.num_kv_heads);
-  m->set_head_dim(config_.head_dim);
-  m->set_vocab_size(config_.vocab_size);
-  m->set_fingerprint(fingerprint_);
+  *out.mutable_model() = worker::ModelInfoToProto(config_, fingerprint_);
   const absl::Time deadline = absl::Now() + absl::Seconds(2);
   bool serving = true;
   std::vector<Placement> placement;

@@ -93,8 +93,9 @@ class Coordinator {
   absl::Status DeleteDocument(const std::string& document_id, const CallContext& call);
   v1::ClusterStatus GetClusterStatus();
 
-  // Checks of a CreateDocument's first message (used by the service before reading text).
-  absl::Status ValidateMetadata(const v1::DocumentMetadata& metadata) const;
+  // Checks of a CreateDocument's first message (used by the service before reading text);
+  // returns the document's attention layout.
+  absl::StatusOr<worker::MemoryConfig> ValidateMetadata(const v1::DocumentMetadata& metadata) const;
   const CoordinatorOptions& options() const { return options_; }
   const tokenizer::Tokenizer& tokenizer() const { return *tokenizer_; }
 
@@ -107,6 +108,11 @@ class Coordinator {
   };
   struct Prompt;
   class SessionSlot;
+  // One session's chunk stream on every stage, in pipeline order.
+  struct Streams {
+    std::vector<std::unique_ptr<ChunkStream>> owned;
+    std::vector<ChunkStream*> raw;
+  };
 
   Coordinator(CoordinatorOptions options, std::vector<std::unique_ptr<Stage>> stages);
   absl::StatusOr<SessionSlot> Admit();
@@ -115,6 +121,9 @@ class Coordinator {
                                        const CallContext& call, AskSink* sink);
   v1::Document ToProto(const DocumentEntry& e) const;
   absl::Status StageError(size_t stage, const absl::Status& s) const;
+  // FAILED_PRECONDITION without a catalogue (--data_dir).
+  absl::Status DocumentsEnabled() const;
+  absl::StatusOr<Streams> OpenStreams(uint64_t session_id, absl::Time deadline) const;
   // Deletes the documents stage `i` holds that no catalogue entry or ingest in flight names
   // (left by a crash between the workers' commit and the catalogue write). Best effort.
   void SweepOrphans(size_t i, absl::Time deadline);

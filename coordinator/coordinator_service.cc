@@ -68,7 +68,7 @@ grpc::Status QllmService::CreateDocument(
                         "the first message must carry metadata");
   }
   const v1::DocumentMetadata metadata = request.metadata();
-  if (absl::Status s = c_->ValidateMetadata(metadata); !s.ok()) return ToGrpc(s);
+  if (auto layout = c_->ValidateMetadata(metadata); !layout.ok()) return ToGrpc(layout.status());
   std::string text;
   while (stream->Read(&request)) {
     if (!request.has_text_chunk()) {

@@ -131,6 +131,19 @@ v1::LoadShardRequest ShardSpecToProto(const ShardSpec& spec) {
   return r;
 }
 
+v1::ModelInfo ModelInfoToProto(const model::ModelConfig& config, const std::string& fingerprint) {
+  v1::ModelInfo m;
+  m.set_architecture(config.architecture);
+  m.set_num_layers(config.num_layers);
+  m.set_hidden_size(config.hidden_size);
+  m.set_num_attention_heads(config.num_heads);
+  m.set_num_key_value_heads(config.num_kv_heads);
+  m.set_head_dim(config.head_dim);
+  m.set_vocab_size(config.vocab_size);
+  m.set_fingerprint(fingerprint);
+  return m;
+}
+
 ShardSpec ShardSpecFromProto(const v1::LoadShardRequest& r) {
   return ShardSpec{r.model_dir(), r.layer_begin(), r.layer_end(), r.load_embedding(),
                    r.load_head()};

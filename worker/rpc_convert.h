@@ -29,6 +29,7 @@ void SelectionToProto(const ChunkSelection& s, v1::BlockSelection* out);
 ChunkSelection SelectionFromProto(const v1::BlockSelection& s);
 
 v1::LoadShardRequest ShardSpecToProto(const ShardSpec& spec);
+v1::ModelInfo ModelInfoToProto(const model::ModelConfig& config, const std::string& fingerprint);
 ShardSpec ShardSpecFromProto(const v1::LoadShardRequest& request);
 
 // absl <-> gRPC status: the code and message carry over unchanged.

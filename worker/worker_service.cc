@@ -89,15 +89,7 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const v1::LoadShardR
                                       v1::LoadShardResponse* response) {
   auto info = core_->LoadShard(ShardSpecFromProto(*request));
   if (!info.ok()) return ToGrpc(info.status());
-  v1::ModelInfo* m = response->mutable_model();
-  m->set_architecture(info->config.architecture);
-  m->set_num_layers(info->config.num_layers);
-  m->set_hidden_size(info->config.hidden_size);
-  m->set_num_attention_heads(info->config.num_heads);
-  m->set_num_key_value_heads(info->config.num_kv_heads);
-  m->set_head_dim(info->config.head_dim);
-  m->set_vocab_size(info->config.vocab_size);
-  m->set_fingerprint(info->fingerprint);
+  *response->mutable_model() = ModelInfoToProto(info->config, info->fingerprint);
   return grpc::Status::OK;
 }
 
