@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "cuda/cast.h"
 #include "cuda/embedding.h"
 #include "cuda/rmsnorm.h"
 #include "cuda/rope.h"
@@ -162,6 +163,31 @@ TEST_F(OpsGpuTest, AddMatchesRef) {
   }
 }
 
+TEST_F(OpsGpuTest, CastToBf16MatchesRef) {
+  for (int64_t n : {1, 255, 257, 100003}) {
+    SCOPED_TRACE(absl::StrCat("n ", n));
+    // Values across many binades, so that rounding carries into the exponent too.
+    std::vector<float> x = Random(n, 11, 3.0f);
+    for (int64_t i = 0; i < n; i += 3) x[i] = std::ldexp(x[i], static_cast<int>(i % 41) - 20);
+    std::vector<uint16_t> ref(n);
+    ASSERT_OK(CastToBf16Ref({.x = x.data(), .y = ref.data(), .n = n}));
+    ASSERT_OK_AND_ASSIGN(auto d_x, DeviceBuffer<float>::FromHost(x));
+    ASSERT_OK_AND_ASSIGN(auto d_y, DeviceBuffer<uint16_t>::Create(n));
+    ASSERT_OK(LaunchCastToBf16({.x = d_x.get(), .y = d_y.get(), .n = n}, stream()));
+    ASSERT_OK(stream_->Synchronize());
+    ASSERT_OK_AND_ASSIGN(const std::vector<uint16_t> out, d_y.ToHost());
+    int64_t mismatches = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (out[i] == ref[i]) continue;
+      if (++mismatches <= 8) {
+        ADD_FAILURE() << "[" << i << "] x " << x[i] << ": expected 0x" << std::hex << ref[i]
+                      << ", actual 0x" << out[i];
+      }
+    }
+    EXPECT_EQ(mismatches, 0);  // Round to nearest even on both sides: bit-exact.
+  }
+}
+
 TEST_F(OpsGpuTest, EmbeddingMatchesRef) {
   for (int64_t vocab : {1, 10, 32000}) {
     for (int64_t dim : {1, 7, 768}) {
@@ -228,6 +254,8 @@ TEST(OpsGpuValidation, LaunchersRejectInvalidParams) {
   EXPECT_THAT(LaunchRope(RopeParams{}, nullptr), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(LaunchSwiGlu(SwiGluParams{}, nullptr), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(LaunchAdd(AddParams{}, nullptr), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(LaunchCastToBf16(CastToBf16Params{}, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(LaunchEmbedding(EmbeddingParams{}, nullptr),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }

@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <numbers>
 #include <random>
 #include <vector>
 
 #include "cuda/attention.h"
+#include "cuda/cast.h"
 #include "cuda/embedding.h"
 #include "cuda/gemm.h"
 #include "cuda/rmsnorm.h"
@@ -186,6 +189,32 @@ TEST(SwiGluRef, MatchesNaive) {
       EXPECT_NEAR(out[r * dim + i], g / (1 + std::exp(-g)) * u, 1e-6);
     }
   }
+}
+
+TEST(CastToBf16Ref, RoundsToNearestEven) {
+  // 1 + 2^-8 lies halfway between bf16 1 and 1 + 2^-7: ties go to the even mantissa (1);
+  // 1 + 3 * 2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6 and goes up.
+  const std::vector<float> x = {1.0f,
+                                -2.5f,
+                                1.0f + 0.00390625f,
+                                1.0f + 3 * 0.00390625f,
+                                1.0f + 0.005f,
+                                std::numeric_limits<float>::infinity(),
+                                std::numeric_limits<float>::quiet_NaN()};
+  std::vector<uint16_t> y(x.size());
+  ASSERT_OK(CastToBf16Ref({.x = x.data(), .y = y.data(), .n = static_cast<int64_t>(x.size())}));
+  EXPECT_EQ(y[0], 0x3f80);
+  EXPECT_EQ(y[1], 0xc020);
+  EXPECT_EQ(y[2], 0x3f80);
+  EXPECT_EQ(y[3], 0x3f82);
+  EXPECT_EQ(y[4], 0x3f81);
+  EXPECT_EQ(y[5], 0x7f80);
+  EXPECT_EQ(y[6] & 0x7f80, 0x7f80);  // Still a NaN: all-ones exponent ...
+  EXPECT_NE(y[6] & 0x007f, 0);       // ... and a non-zero mantissa.
+  EXPECT_THAT(CastToBf16Ref({.x = x.data(), .y = nullptr, .n = 1}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CastToBf16Ref({.x = x.data(), .y = y.data(), .n = -1}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(EmbeddingRef, CopiesRowsAndRejectsBadIds) {

@@ -1,0 +1,95 @@
+// A whole-model forward on the device with ordinary causal ("full") attention: the CUDA twin of
+// the CPU engine's full mode (worker::ModelShard::Forward + Logits in a session without a
+// context memory). Weights are uploaded as bf16 and every projection is a bf16 GEMM with fp32
+// accumulation (cuda/gemm_lt.h); activations, norms, RoPE, attention and the residual stream
+// stay in fp32, and each activation is rounded to bf16 only as a GEMM input (cuda/cast.h).
+// The token embedding and the norm weights stay in fp32 (the embedding and RMSNorm ops read
+// fp32 tables), so a bf16 checkpoint's values are used exactly.
+//
+// Per layer: RMSNorm -> Q, K, V GEMMs (K and V written straight into the layer's device KV
+// cache) -> RoPE (llama3 scaling included) -> causal GQA attention over the cache
+// (LaunchMemoryAttention with the whole sequence as its local window and no global keys) ->
+// o_proj -> residual add -> RMSNorm -> gate/up GEMM -> SwiGLU -> down GEMM -> residual add.
+// Then the final RMSNorm and the LM head (the embedding when tied), logits in fp32.
+//
+// Written for correctness, not speed: one stream, scalar attention, the logits of every
+// position computed and copied back. CUDA builds only (QLLM_HAVE_CUDA); the header includes no
+// CUDA headers.
+#ifndef QLLM_CUDA_DEVICE_MODEL_H_
+#define QLLM_CUDA_DEVICE_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace qllm::cuda {
+
+struct DeviceModelOptions {
+  // Capacity of the device KV cache in tokens: a sequence may hold at most this many tokens
+  // (start_pos + n <= max_tokens). Each layer keeps 2 * max_tokens * kv_dim floats.
+  // Default: 4096.
+  int64_t max_tokens = 4096;
+  // Most tokens run through the layers at once; Forward splits longer calls into pieces of
+  // this size. Sizes the activation buffers (the logits take max_chunk * vocab floats).
+  // Default: 512.
+  int64_t max_chunk = 512;
+};
+
+// The layers that `weights` holds ([layer_begin, layer_end) as loaded by model::LoadWeights)
+// together with its embedding and head, on the current CUDA device, plus the device KV cache
+// of one sequence. A whole-model forward needs all of the model's layers; weights loaded with
+// a smaller range run those layers only.
+//
+// Move-only; a moved-from object may only be destroyed or assigned to. Not thread-safe: one
+// call at a time. Every call must run with the device current that Create ran on.
+class DeviceModel {
+ public:
+  // Uploads the weights (projections converted to bf16) and allocates the KV cache and the
+  // activation buffers; synchronizes before returning. `weights` may be destroyed afterwards.
+  // Errors: INVALID_ARGUMENT for options <= 0; FAILED_PRECONDITION when `weights` lacks the
+  // embedding or the head; UNIMPLEMENTED for a head_dim above kMemoryAttentionMaxHeadDim
+  // (cuda/memory_attention.h) or an odd head_dim; RESOURCE_EXHAUSTED when the device is out of
+  // memory; UNAVAILABLE when no device is usable or on a sticky device error; INTERNAL
+  // otherwise.
+  static absl::StatusOr<std::unique_ptr<DeviceModel>> Create(
+      const model::ModelWeights& weights, const DeviceModelOptions& options = {});
+
+  ~DeviceModel();
+  DeviceModel(DeviceModel&&) noexcept;
+  DeviceModel& operator=(DeviceModel&&) noexcept;
+  DeviceModel(const DeviceModel&) = delete;
+  DeviceModel& operator=(const DeviceModel&) = delete;
+
+  const model::ModelConfig& config() const;
+  const DeviceModelOptions& options() const;
+  // Tokens of the sequence held in the KV cache (the position of the next token).
+  int64_t position() const;
+
+  // Runs the n tokens `ids` (host memory) at positions start_pos .. start_pos + n - 1 and
+  // writes their logits to logits_host[n, vocab] (host memory, fp32), row i for token i.
+  // start_pos continues the sequence (start_pos == position()) or rewinds it
+  // (start_pos < position(): the cached tokens from start_pos on are dropped). Blocks until
+  // the logits are on the host. On success position() becomes start_pos + n. An argument
+  // error changes nothing; after any other error position() is start_pos (the cache below it
+  // is intact unless the error is UNAVAILABLE, which leaves the device unusable).
+  // Errors: INVALID_ARGUMENT for n <= 0, null pointers, start_pos outside [0, position()] or a
+  // token id outside [0, vocab); RESOURCE_EXHAUSTED when start_pos + n > max_tokens;
+  // UNAVAILABLE on a sticky device error (the caller must stop using this device, see
+  // cuda/device.h); UNIMPLEMENTED when cuBLASLt has no algorithm for a projection; INTERNAL
+  // otherwise. Messages name the layer where one is involved.
+  absl::Status Forward(const int32_t* ids, int n, int start_pos, float* logits_host);
+
+ private:
+  struct Impl;
+  explicit DeviceModel(std::unique_ptr<Impl> impl);
+
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace qllm::cuda
+
+#endif  // QLLM_CUDA_DEVICE_MODEL_H_
