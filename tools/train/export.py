@@ -78,12 +78,7 @@ Tokenizer: byte-level BPE trained on the same generator, Llama-3 split regex wit
 ## Training
 Seed {seed}, AdamW, float32, device {device}, `tools/train/train.py` (recipe and measurements:
 `tools/train/README.md`). Phase 1: ordinary causal attention, documents of 24-200 tokens,
-batch 32, until short-context pass keys are learned. Phase 2 ("memory in the loop"): documents
-of 300-950 tokens with attention computed exactly as the Q-LLM algorithm (qllm mode,
-parameters below) shows the past at inference: attention sinks, the local window, the blocks
-retrieved by the representative vectors and the question vector with their keys unrotated at
-distance n_local-1, one joint softmax; batch 8. Gradients flow through the attention over
-what was selected, not through the discrete selection.
+batch 32, until short-context pass keys are learned. {phase2_text}
 {phase_note}
 
 Why the memory is in the loop: Q-LLM is training-free for large models, which tolerate
@@ -266,7 +261,30 @@ def main(argv=None):
     if os.path.exists(os.path.join(args.run, "run.json")):
         with open(os.path.join(args.run, "run.json")) as f:
             run_json = json.load(f)
-    card = CARD.format(
+    ra = run_json.get("args", {})
+    lo, hi = ra.get("doc2_min", 300), ra.get("doc2_max", 950)
+    shows = ("attention sinks, the local window, the selected blocks with their keys unrotated at "
+             "distance n_local-1 and the not yet committed tokens, one joint softmax; batch "
+             f"{ra.get('batch2', 8)}, task mix {ra.get('mix', '?')}. Gradients flow through the "
+             "attention over what was selected, not through the discrete selection.")
+    if ra.get("phase2_attention", "exact") == "oracle":
+        phase2_text = (
+            f"Phase 2 (\"memory in the loop\", oracle selection): documents of {lo}-{hi} tokens "
+            "(20% of batches 32-256) with attention masked as the Q-LLM algorithm (qllm mode, "
+            "parameters below) shows the past at inference, except that the blocks of each "
+            "execution chunk are chosen by an oracle: with probability "
+            f"{ra.get('oracle_hit', 0.9)} the blocks holding the answer's needle, the rest of "
+            "the top-k at random. This is one masked attention over the sequence instead of the "
+            "algorithm's chunk-by-chunk retrieval (several times faster on CPU); it teaches the "
+            "model to read retrieved blocks, while finding them is left to the algorithm's "
+            "retrieval at inference. " + shows)
+    else:
+        phase2_text = (
+            f"Phase 2 (\"memory in the loop\"): documents of {lo}-{hi} tokens with attention "
+            "computed exactly as the Q-LLM algorithm (qllm mode, parameters below) shows the "
+            "past at inference, the blocks retrieved by the representative vectors and the "
+            "question vector: " + shows)
+    card = CARD.format(phase2_text=phase2_text,
         name=args.name, params=params, params_m=params / 1e6, weights_bytes=nbytes,
         bpe_vocab=mc["vocab_size"] - len(corpus.SPECIAL_TOKENS),
         n_special=len(corpus.SPECIAL_TOKENS), template=corpus.TEMPLATE + "{answer}" + corpus.EOT,
@@ -276,7 +294,7 @@ def main(argv=None):
         last_ans=last.get("ans_loss", "?"), last_step=last.get("step", "?"),
         pk_short=last_eval.get("pk_short", "?"), all_short=last_eval.get("all_short", "?"),
         pk_long=last_eval.get("pk_long_qllm", "?"), memory_table=mem_table,
-        training_context=("documents up to ~950 tokens (prompts up to ~1K)" if st["step"] > p1_end
+        training_context=(f"documents up to ~{hi} tokens (prompts up to ~{hi + 60})" if st["step"] > p1_end
                           else "prompts up to ~260 tokens (phase 1 only)"),
         phase_note="" if st["step"] > p1_end else (
             "\n**This checkpoint has not reached phase 2**: so far it was trained with ordinary "
