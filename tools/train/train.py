@@ -172,12 +172,15 @@ class LlamaLM(nn.Module):
         dt = self.model.embed_tokens.weight.dtype
         return emb.cos().to(dt), emb.sin().to(dt)
 
-    def forward(self, ids, memory=None, qspans=None, qbar_mask=None, sel_log=None, vis=None):
+    def forward(self, ids, memory=None, qspans=None, qbar_mask=None, sel_log=None, vis=None,
+                ret=None):
         """ids [B, n] -> logits [B, n, V]. memory=None: ordinary causal attention; else a dict
         of Q-LLM parameters (qllm mode) with qspans [(s, e)] per row and qbar_mask [B, n]
         (True for queries that count in the retrieval mean: the prompt). vis (with memory):
         the keys each query sees, [B, n, n] bool for every layer or a list with one per layer
-        (see visibility()); the selection is then given instead of computed (oracle training)."""
+        (see visibility()); the selection is then given instead of computed (oracle training).
+        ret (with vis): a dict from retrieval_targets(); each layer appends its retrieval loss
+        to ret["losses"] (see retrieval_loss())."""
         c = self.c
         B, n = ids.shape
         H, Hkv, D = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
@@ -193,7 +196,7 @@ class LlamaLM(nn.Module):
                 o = causal_attention(q, k, v, cos, sin)
             elif vis is not None:
                 o = masked_qllm_attention(self, q, k, v, cos, sin, memory,
-                                          vis[li] if isinstance(vis, list) else vis)
+                                          vis[li] if isinstance(vis, list) else vis, ret)
             else:
                 o = qllm_attention(self, q, k, v, cos, sin, memory, qspans, qbar_mask,
                                    None if sel_log is None else sel_log.setdefault(li, []))
@@ -346,7 +349,7 @@ def visibility(n, mp, selections, device="cpu"):
     return vis.to(device)
 
 
-def masked_qllm_attention(model, q, k, v, cos, sin, mp, vis):
+def masked_qllm_attention(model, q, k, v, cos, sin, mp, vis, ret=None):
     """Q-LLM attention with the selection given as a mask (vis [B, n, n], see visibility()):
     visible keys at distance < n_local scored with relative RoPE, farther ones with
     rope(q, n_local - 1) . K (unrotated keys at the fixed distance); one softmax per query.
@@ -366,7 +369,64 @@ def masked_qllm_attention(model, q, k, v, cos, sin, mp, vis):
     scale = 1.0 / math.sqrt(D)
     s = torch.where(local, ql @ kr.transpose(-1, -2), qg @ kk.transpose(-1, -2)) * scale
     s = s.masked_fill(~vis[:, None], float("-inf"))
-    return torch.softmax(s, -1) @ vv
+    p = torch.softmax(s, -1)
+    if ret is not None:
+        with torch.no_grad():
+            local_score = (p.detach() * local).sum(-2)                      # [B, H, n]
+        ret["losses"].append(retrieval_loss(qg, kk, local_score, mp, ret, qbar_mask=ret["qbar"]))
+    return p @ vv
+
+
+def retrieval_targets(exs, n, mp, qbar_mask, qspans):
+    """What retrieval_loss needs per row: the chunk the answer starts in, the blocks committed
+    before it and which of them hold the needle (rows without a needle block are left out)."""
+    sched = chunk_schedule(n, mp)
+    bs, exc = mp["block_size"], mp["exc_block_size"]
+    rows = []
+    for b, x in enumerate(exs):
+        sp = needle_span(x)
+        c = (x["prompt_len"] - 1) // exc
+        a, e, _ic, _p0, starts = sched[c]
+        if sp is None or len(starts) <= mp["topk"]:
+            continue
+        need = [i for i, st in enumerate(starts) if st < sp[1] and st + bs > sp[0]]
+        if need:
+            rows.append((b, a, e, starts, need))
+    return {"rows": rows, "qbar": qbar_mask, "qspans": qspans, "losses": []}
+
+
+def retrieval_loss(qg, kk, local_score, mp, ret, qbar_mask):
+    """Cross entropy of the needle's blocks among the blocks the answer's chunk retrieves from,
+    with the algorithm's block scores R_b . (qbar + w * Q): R_b the mean unrotated key of each
+    head's repr_topk most attended tokens of the block, qbar the chunk's mean prompt query and Q
+    the question vector (the question tokens' mean query, repr_topk per head), queries rotated
+    at n_local - 1. Token choices are detached; keys and queries carry the gradient, which
+    teaches the layer to make the question find its needle."""
+    rows = ret["rows"]
+    if not rows:
+        return qg.new_zeros(())
+    B, H, n, D = qg.shape
+    bs, rk, w = mp["block_size"], mp["repr_topk"], mp["question_weight"]
+    out = []
+    for b, a, e, starts, need in rows:
+        st = torch.tensor(starts)
+        idx = st[:, None] + torch.arange(bs)                                 # [nb, bs]
+        ls = local_score[b][:, idx]                                          # [H, nb, bs]
+        top = _top_stable(ls, min(rk, bs), 2)                                # [H, nb, rk]
+        tok = idx[None].expand(H, -1, -1).gather(2, top)                     # [H, nb, rk]
+        kb = kk[b].gather(1, tok.reshape(H, -1, 1).expand(-1, -1, D))        # [H, nb*rk, D]
+        R = kb.view(H, len(starts), -1, D).mean(2).transpose(0, 1).reshape(len(starts), H * D)
+        wts = qbar_mask[b, a:e].float()
+        if wts.sum() == 0:
+            wts = torch.ones_like(wts)
+        qbar = (qg[b, :, a:e] * wts[None, :, None]).sum(1) / wts.sum()       # [H, D]
+        s0, s1 = ret["qspans"][b]
+        qt = _top_stable(local_score[b][:, s0:s1], min(rk, s1 - s0), 1) + s0  # [H, rk]
+        Q = qg[b].gather(1, qt[..., None].expand(-1, -1, D)).mean(1)         # [H, D]
+        sc = R @ (qbar + w * Q).reshape(H * D) / math.sqrt(D)                # [nb]
+        ret.setdefault("scores", []).append(sc.detach())
+        out.append(torch.logsumexp(sc, 0) - torch.logsumexp(sc[need], 0))
+    return torch.stack(out).mean()
 
 
 def needle_span(ex):
@@ -456,17 +516,22 @@ def phase_batch(tok, step, args, phase, stage_a=False):
     return make_batch(tok, rng, args.batch2, args.doc2_min, args.doc2_max, mix=mix), args.memory
 
 
-def compute_loss(model, batch, memory, lm_weight=1.0, ans_weight=1.0, vis=None):
+def compute_loss(model, batch, memory, lm_weight=1.0, ans_weight=1.0, vis=None, ret=None):
     """lm_weight * (mean CE over all tokens) + ans_weight * (mean CE over the answer tokens);
     also returns the two means (detached)."""
     ids, tgt, ans, qbar, qspans = batch
-    logits = model(ids, memory=memory, qspans=qspans, qbar_mask=qbar, vis=vis)
+    logits = model(ids, memory=memory, qspans=qspans, qbar_mask=qbar, vis=vis, ret=ret)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
                          ignore_index=-100, reduction="none").view(tgt.shape)
     valid = tgt != -100
     lm = ce[valid].mean()
     la = ce[ans].mean()
-    return lm_weight * lm + ans_weight * la, lm.detach(), la.detach()
+    loss = lm_weight * lm + ans_weight * la
+    if ret is not None and ret["losses"]:
+        rl = torch.stack(ret["losses"]).mean()
+        ret["value"] = float(rl)
+        loss = loss + ret["weight"] * rl
+    return loss, lm.detach(), la.detach()
 
 
 @torch.no_grad()
@@ -580,6 +645,10 @@ def main(argv=None):
                          "probability --oracle-hit and random others (one masked attention, "
                          "about 10x faster)")
     ap.add_argument("--oracle-hit", type=float, default=0.9)
+    ap.add_argument("--ret-weight", type=float, default=0.0,
+                    help="weight of the retrieval loss (oracle phase 2): cross entropy of the "
+                         "needle's blocks under the algorithm's block scores in the answer's "
+                         "chunk, every layer (0: off)")
     ap.add_argument("--doc2-min", type=int, default=300,
                     help="phase 2 document tokens (80%% of batches; the rest 32-256): from ...")
     ap.add_argument("--doc2-max", type=int, default=950, help="... to")
@@ -692,13 +761,20 @@ def main(argv=None):
         lr = lr_at(step, phase_start, args, phase)
         for g in opt.param_groups:
             g["lr"] = lr
-        vis = None
+        vis, ret = None, None
         if memory is not None and args.phase2_attention == "oracle":
             orng = random.Random(args.seed * 7_000_003 + step)
             n = batch[0].shape[1]
             vis = visibility(n, memory, oracle_selections(exs, n, memory, orng, args.oracle_hit),
                              device)
-        loss, lm, la = compute_loss(model, batch, memory, args.lm_weight, args.ans_weight, vis)
+            if args.ret_weight > 0:
+                ret = retrieval_targets(exs, n, memory, batch[3], batch[4])
+                ret["weight"] = args.ret_weight
+        loss, lm, la = compute_loss(model, batch, memory, args.lm_weight, args.ans_weight, vis,
+                                    ret)
+        if ret is not None and "value" in ret:
+            acc["ret"] = acc.get("ret", 0.0) + ret["value"]
+            acc["ret_n"] = acc.get("ret_n", 0) + 1
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -719,6 +795,8 @@ def main(argv=None):
                    "lm_loss": f"{acc['lm'] / n:.4f}", "ans_loss": f"{acc['ans'] / n:.4f}",
                    "lr": f"{lr:.2e}", "sec_per_step": f"{acc['t'] / n:.3f}",
                    "train_hours": f"{train_seconds / 3600:.3f}", "tokens": acc["tok"]}
+            if acc.get("ret_n"):
+                row["ret_loss"] = f"{acc['ret'] / acc['ret_n']:.4f}"
             if do_eval:
                 te = time.time()
                 ev = run_eval(model, sets, args, device)
@@ -733,6 +811,7 @@ def main(argv=None):
                 row["eval_s"] = round(time.time() - te, 1)
             print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
             row.pop("eval_s", None)
+            row.pop("ret_loss", None)
             mw.writerow(row)
             mf.flush()
             acc = {"loss": 0.0, "lm": 0.0, "ans": 0.0, "n": 0, "tok": 0, "t": 0.0}
@@ -789,6 +868,23 @@ def selftest(args):
         masked = model(toks, memory=mp, qspans=spans, qbar_mask=None, vis=vis)
     merr = float((masked - out).abs().max())
     print(f"masked attention with the same selections: max |logit diff| {merr:.3e}")
+    # The retrieval loss scores the blocks as the algorithm does: its top-k in the last chunk
+    # is the chunk loop's selection, at every layer.
+    sched = chunk_schedule(n, mp)
+    c = len(sched) - 1
+    a, e, _ic, _p0, starts = sched[c]
+    for b in range(2):
+        for li in range(cfg.num_hidden_layers):
+            ret = {"rows": [(b, a, e, starts, [0])], "losses": [],
+                   "qbar": torch.ones(2, n, dtype=torch.bool), "qspans": spans}
+            with torch.no_grad():
+                model(toks, memory=mp, qspans=spans, qbar_mask=None, vis=vis, ret=ret)
+            mine = _top_stable(ret["scores"][li], mp["topk"], 0).tolist()
+            if mine != logs[li][c][b].tolist():
+                print(f"retrieval score mismatch row {b} layer {li}: {mine} vs "
+                      f"{logs[li][c][b].tolist()}")
+                return 1
+    print("retrieval loss scores: top-k == the chunk loop's selection (last chunk, every layer)")
     worst = max(worst, merr)
     full = model(toks)
     ref_full = llama_ref.forward(ref_model, toks[0])
