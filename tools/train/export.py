@@ -91,7 +91,7 @@ context memory, and keeps every position it sees within the window it was traine
 
 | | |
 |---|---|
-| checkpoint | step {step} (phase 1: {p1_steps} steps, phase 2: {p2_steps} steps) |
+| checkpoint | step {step} (phase 1: {p1_steps} steps, phase 2: {p2_steps} steps){averaged} |
 | training time | {train_hours:.2f} h of compute ({device}) |
 | last logged loss | {last_loss} (LM {last_lm}, answer {last_ans}) at step {last_step} |
 | quick eval at that step | pass key ~200 tokens (full attention) {pk_short}; all tasks ~200 tokens {all_short}; pass key ~600 tokens (qllm) {pk_long} |
@@ -284,7 +284,11 @@ def main(argv=None):
             "computed exactly as the Q-LLM algorithm (qllm mode, parameters below) shows the "
             "past at inference, the blocks retrieved by the representative vectors and the "
             "question vector: " + shows)
-    card = CARD.format(phase2_text=phase2_text,
+    averaged = ""
+    if st.get("averaged_from"):
+        averaged = ("; the weights are the mean of the checkpoints of steps "
+                    + ", ".join(str(x) for x in st["averaged_from"]) + " (tools/train/average.py)")
+    card = CARD.format(phase2_text=phase2_text, averaged=averaged,
         name=args.name, params=params, params_m=params / 1e6, weights_bytes=nbytes,
         bpe_vocab=mc["vocab_size"] - len(corpus.SPECIAL_TOKENS),
         n_special=len(corpus.SPECIAL_TOKENS), template=corpus.TEMPLATE + "{answer}" + corpus.EOT,
