@@ -17,24 +17,11 @@
 #include "cuda/memory_attention.h"
 #include "cuda/rmsnorm.h"
 #include "cuda/rope.h"
+#include "cuda/rope_model.h"
 #include "cuda/swiglu.h"
 
 namespace qllm::cuda {
 namespace {
-
-RopeConfig RopeConfigOf(const model::ModelConfig& c) {
-  RopeConfig r;
-  r.head_dim = c.head_dim;
-  r.theta = c.rope_theta;
-  if (c.has_llama3_scaling) {
-    r.llama3_factor = c.llama3_scaling.factor;
-    r.llama3_low_freq_factor = c.llama3_scaling.low_freq_factor;
-    r.llama3_high_freq_factor = c.llama3_scaling.high_freq_factor;
-    r.llama3_original_max_position =
-        static_cast<double>(c.llama3_scaling.original_max_position_embeddings);
-  }
-  return r;
-}
 
 absl::Status WithContext(const absl::Status& s, const std::string& context) {
   if (s.ok()) return s;

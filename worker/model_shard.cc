@@ -13,24 +13,11 @@
 #include "cuda/gemm.h"
 #include "cuda/rmsnorm.h"
 #include "cuda/rope.h"
+#include "cuda/rope_model.h"
 #include "cuda/swiglu.h"
 
 namespace qllm::worker {
 namespace {
-
-cuda::RopeConfig RopeConfigOf(const model::ModelConfig& c) {
-  cuda::RopeConfig r;
-  r.head_dim = c.head_dim;
-  r.theta = c.rope_theta;
-  if (c.has_llama3_scaling) {
-    r.llama3_factor = c.llama3_scaling.factor;
-    r.llama3_low_freq_factor = c.llama3_scaling.low_freq_factor;
-    r.llama3_high_freq_factor = c.llama3_scaling.high_freq_factor;
-    r.llama3_original_max_position =
-        static_cast<double>(c.llama3_scaling.original_max_position_embeddings);
-  }
-  return r;
-}
 
 void Grow(std::vector<float>* v, int64_t n) {
   if (static_cast<int64_t>(v->size()) < n) v->resize(n);
@@ -89,7 +76,7 @@ absl::StatusOr<std::unique_ptr<ModelShard>> ModelShard::Load(const std::string& 
 
 ModelShard::ModelShard(model::ModelWeights weights)
     : weights_(std::move(weights)),
-      inv_freq_(cuda::RopeInverseFrequencies(RopeConfigOf(weights_.config))) {}
+      inv_freq_(cuda::RopeInverseFrequencies(cuda::RopeConfigOf(weights_.config))) {}
 
 std::unique_ptr<ShardSession> ModelShard::NewSession() const {
   return std::unique_ptr<ShardSession>(
