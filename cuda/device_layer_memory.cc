@@ -1,0 +1,49 @@
+#include "cuda/device_layer_memory.h"
+
+#include <cuda_runtime_api.h>
+
+#include "cuda/cuda_check.h"
+
+namespace qllm::cuda {
+
+absl::Status CudaMemoryBackend::CopyRows(const CopyRowsParams& p, Stream s) {
+  return LaunchCopyRows(p, s);
+}
+absl::Status CudaMemoryBackend::FillPositions(const FillPositionsParams& p, Stream s) {
+  return LaunchFillPositions(p, s);
+}
+absl::Status CudaMemoryBackend::MeanRows(const MeanRowsParams& p, Stream s) {
+  return LaunchMeanRows(p, s);
+}
+absl::Status CudaMemoryBackend::TopMean(const TopMeanParams& p, Stream s) {
+  return LaunchTopMean(p, s);
+}
+absl::Status CudaMemoryBackend::GatherBlocks(const GatherBlocksParams& p, Stream s) {
+  return LaunchGatherBlocks(p, s);
+}
+absl::Status CudaMemoryBackend::Rope(const RopeParams& p, Stream s) { return LaunchRope(p, s); }
+absl::StatusOr<size_t> CudaMemoryBackend::BlockTopKWorkspaceBytes(int64_t num_blocks) {
+  return ::qllm::cuda::BlockTopKWorkspaceBytes(num_blocks);
+}
+absl::Status CudaMemoryBackend::BlockTopK(const BlockTopKParams& p, void* ws, size_t ws_bytes,
+                                          Stream s) {
+  return LaunchBlockTopK(p, ws, ws_bytes, s);
+}
+absl::Status CudaMemoryBackend::BlockTopKToHost(const BlockTopKParams& p, void* ws, size_t ws_bytes,
+                                                int32_t* h_ids, float* h_scores, Stream s) {
+  return LaunchBlockTopKToHost(p, ws, ws_bytes, h_ids, h_scores, s);
+}
+absl::Status CudaMemoryBackend::MemoryAttention(const MemoryAttentionParams& p, void* ws,
+                                                size_t ws_bytes, Stream s) {
+  return LaunchMemoryAttention(p, ws, ws_bytes, s);
+}
+absl::Status CudaMemoryBackend::Zero(float* d, int64_t count, Stream s) {
+  if (count <= 0) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cudaMemsetAsync(d, 0, static_cast<size_t>(count) * sizeof(float), s));
+  return absl::OkStatus();
+}
+absl::Status CudaMemoryBackend::Synchronize(Stream s) { return internal::SynchronizeStream(s); }
+
+template class LayerMemoryEngine<CudaMemoryBackend>;
+
+}  // namespace qllm::cuda

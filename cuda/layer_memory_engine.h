@@ -1,0 +1,689 @@
+// The Q-LLM context memory of one attention layer as a sequence of ops on a backend: the
+// orchestration behind DeviceLayerMemory (cuda/device_layer_memory.h), written once as a
+// template over where the arrays live and how the ops run.
+//   - CudaMemoryBackend (cuda/device_layer_memory.h): device arrays, the CUDA twins enqueued on
+//     a stream. This is DeviceLayerMemory.
+//   - HostMemoryBackend (cuda/host_layer_memory.h): host arrays, the CPU twins run at once. It
+//     lets every build test the orchestration (offsets, counts, order of the steps) against
+//     worker::LayerMemory, the engine's CPU path, without a GPU.
+// It is worker::LayerMemory (worker/context_memory.h) step for step of
+// ../shared/docs/qllm-algorithm.md, with every array in backend memory and every step an op, so
+// a chunk runs from its projections to its attention output without a host round trip:
+//   1. queries rotated at their positions and at n_local - 1 (Rope);
+//   2. pending tokens appended (CopyRows; Rope for the rotated keys);
+//   3. retrieval: qbar (MeanRows), block scores and top-k (BlockTopK) into backend ids, which
+//      GatherBlocks reads to assemble the global keys (sinks, the selected blocks, and pending
+//      tokens older than the window);
+//   4. the two-stage attention with one joint softmax and the local-score accumulation
+//      (MemoryAttention);
+//   5. commit: sinks, question vector and representative vectors (TopMean), blocks cut into the
+//      block pool.
+// The host only keeps counts (tokens, pending, sinks, blocks), which follow from the chunk sizes
+// alone. Recording the selection (for evidence) is the one step that waits for the backend.
+//
+// Blocks live in a per-layer pool of `max_blocks` blocks in backend memory; a document that needs
+// more fails with RESOURCE_EXHAUSTED. (Spilling cold blocks to the host tier through
+// cuda/device_block_cache.h is not wired in yet.) In streaming mode (topk 0) blocks are cut but
+// nothing is stored, since nothing is ever retrieved.
+//
+// A Backend provides Buffer<T> and HostBuffer<T> (static Create(size) -> StatusOr, data(),
+// bytes(); Buffer also Download(host, count, stream)) and static ops with the signatures of the
+// Launch* functions of cuda/memory_ops.h, rope.h, block_topk.h and memory_attention.h:
+// CopyRows, FillPositions, MeanRows, TopMean, GatherBlocks, Rope, BlockTopKWorkspaceBytes,
+// BlockTopK, BlockTopKToHost, MemoryAttention, plus Zero(float*, count, stream) and
+// Synchronize(stream). Not thread-safe.
+#ifndef QLLM_CUDA_LAYER_MEMORY_ENGINE_H_
+#define QLLM_CUDA_LAYER_MEMORY_ENGINE_H_
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "cuda/block_topk.h"
+#include "cuda/memory_attention.h"
+#include "cuda/memory_ops.h"
+#include "cuda/rope.h"
+#include "cuda/stream.h"
+#include "worker/context_memory.h"
+#include "worker/memory_config.h"
+
+namespace qllm::cuda {
+
+struct LayerMemoryEngineOptions {
+  // Memory blocks the layer's pool holds (each 2 * block_size * kv_dim floats plus a
+  // representative vector of heads * head_dim floats). Default: 1024.
+  int64_t max_blocks = 1024;
+};
+
+template <typename Backend>
+class LayerMemoryEngine {
+ public:
+  // Allocates the layer's arrays. Every op runs on `stream`, which must outlive this object, as
+  // must `inv_freq` (backend memory, head_dim / 2 RoPE frequencies as RopeInverseFrequencies
+  // returns them).
+  // Errors: INVALID_ARGUMENT for a config that fails Validate(), full mode, a bad shape, a
+  // question span that is empty or negative, or max_blocks < 0; UNIMPLEMENTED for block_size or
+  // a question longer than kTopMeanMaxRows (cuda/memory_ops.h), or a head_dim above
+  // kMemoryAttentionMaxHeadDim; RESOURCE_EXHAUSTED when the backend is out of memory;
+  // UNAVAILABLE without a usable device.
+  static absl::StatusOr<std::unique_ptr<LayerMemoryEngine>> Create(
+      const worker::MemoryConfig& config, const worker::LayerShape& shape, int32_t layer,
+      std::optional<worker::QuestionSpan> question, bool late_question, const double* inv_freq,
+      Stream stream, const LayerMemoryEngineOptions& options = {});
+
+  ~LayerMemoryEngine();
+  LayerMemoryEngine(const LayerMemoryEngine&) = delete;
+  LayerMemoryEngine& operator=(const LayerMemoryEngine&) = delete;
+
+  // worker::LayerMemory::Process on the backend: qkv (backend memory) holds the chunk's
+  // pre-RoPE projections (row i at qkv + i * stride: q, then k, then v), out (backend memory)
+  // receives the attention output [n, heads * head_dim]. Enqueues only, except when `record`
+  // is non-null: then it waits for the chunk's selection and appends it.
+  // Errors: INVALID_ARGUMENT for null pointers, n outside [1, exc_block_size], a stride below
+  // q_dim + 2 * kv_dim, start != tokens(), or a question span that has not been processed when
+  // the question vector must be formed; RESOURCE_EXHAUSTED when a block does not fit the pool;
+  // UNAVAILABLE on a sticky device error; INTERNAL otherwise. After an error other than
+  // INVALID_ARGUMENT the memory is unusable (Reset() makes it usable again).
+  absl::Status Process(const float* qkv, int64_t stride, int64_t n, int64_t start, float* out,
+                       std::vector<worker::ChunkSelection>* record);
+
+  // Forgets every token: the memory is as freshly created (the arrays are kept).
+  void Reset();
+
+  int64_t tokens() const { return end_; }
+  int32_t num_blocks() const { return static_cast<int32_t>(block_start_.size()); }
+  int64_t init_size() const { return init_size_; }
+  int64_t pending_size() const { return end_ - p0_; }
+  bool has_question_vector() const { return has_question_vector_; }
+  // Copies the question vector [heads * head_dim] to the host (waits for the stream).
+  // FAILED_PRECONDITION before it is formed.
+  absl::StatusOr<std::vector<float>> QuestionVector() const;
+  // Bytes of backend memory this layer allocated.
+  int64_t Bytes() const;
+
+ private:
+  template <typename T>
+  using Buffer = typename Backend::template Buffer<T>;
+  template <typename T>
+  using HostBuffer = typename Backend::template HostBuffer<T>;
+  struct Buffers;
+
+  LayerMemoryEngine(const worker::MemoryConfig& config, const worker::LayerShape& shape,
+                    int32_t layer, std::optional<worker::QuestionSpan> question, bool late_question,
+                    const double* inv_freq, Stream stream, const LayerMemoryEngineOptions& options);
+
+  template <typename T>
+  static absl::Status Alloc(Buffer<T>* buf, int64_t count, int64_t* bytes) {
+    ASSIGN_OR_RETURN(*buf, Buffer<T>::Create(static_cast<size_t>(count)));
+    *bytes += count * static_cast<int64_t>(sizeof(T));
+    return absl::OkStatus();
+  }
+  static int64_t QuestionTokens(const std::optional<worker::QuestionSpan>& q) {
+    return q.has_value() ? q->end - q->begin : 0;
+  }
+
+  absl::Status AppendPending(const float* qkv, int64_t stride, int64_t n, int64_t start);
+  absl::Status Commit();
+  absl::Status ComputeQuestionVector();
+  absl::Status CutBlock();
+  absl::Status Rotate(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t first,
+                      int64_t step);
+  // Pointers to pending row t (counted from the first pending token).
+  float* pk(int64_t t) const;
+  float* pkr(int64_t t) const;
+  float* pv(int64_t t) const;
+  float* ps(int64_t t) const;
+
+  const worker::MemoryConfig config_;
+  const int32_t layer_;
+  const std::optional<worker::QuestionSpan> question_;
+  const bool late_question_;
+  const double* const inv_freq_;
+  const Stream stream_;
+  const LayerMemoryEngineOptions options_;
+  const int64_t heads_, kv_heads_, head_dim_, group_, q_dim_, kv_dim_;
+  const float scale_;
+  const float w_;
+  const int64_t n_local_;
+  const bool pending_global_;
+  const int32_t topk_;
+  const int64_t pending_rows_;  // Capacity of the pending arrays in rows.
+  const int64_t global_rows_;   // Capacity of the chunk's global keys in rows.
+
+  std::unique_ptr<Buffers> buf_;
+  int64_t init_size_ = 0;
+  int64_t p0_ = 0, end_ = 0, pb_ = 0;
+  std::vector<int64_t> block_start_;
+  bool has_question_vector_ = false;
+  bool init_ran_ = false;
+};
+
+template <typename Backend>
+struct LayerMemoryEngine<Backend>::Buffers {
+  Buffer<float> init_k, init_v;      // [n_init, kv_dim], pre-RoPE
+  Buffer<float> pk, pkr, pv;         // [pending_rows, kv_dim]
+  Buffer<float> ps;                  // [pending_rows, heads]
+  Buffer<float> pool_k, pool_v;      // [max_blocks, block_size * kv_dim], pre-RoPE
+  Buffer<float> reprs;               // [max_blocks, q_dim]
+  Buffer<float> question_q;          // [question tokens, q_dim], pre-RoPE
+  Buffer<float> question_rot;        // the same rotated at n_local - 1
+  Buffer<float> question_vec;        // [q_dim]
+  Buffer<float> q_loc, q_glob;       // [exc_block_size, q_dim]
+  Buffer<float> qbar;                // [q_dim]
+  Buffer<int64_t> positions;         // RoPE positions of the op at hand
+  Buffer<float> global_k, global_v;  // [global_rows, kv_dim]
+  Buffer<int64_t> global_pos;        // [global_rows]
+  Buffer<uint8_t> topk_workspace;    // BlockTopKWorkspaceBytes(max_blocks)
+  Buffer<int32_t> ids;               // [topk] selected block ids, best first
+  Buffer<float> scores;              // [topk] their scores
+  HostBuffer<int32_t> h_ids;         // [topk] host copies for the record
+  HostBuffer<float> h_scores;        // [topk]
+  Buffer<float> attn_workspace;      // MemoryAttentionWorkspaceBytes
+  int64_t bytes = 0;
+};
+
+template <typename Backend>
+LayerMemoryEngine<Backend>::LayerMemoryEngine(const worker::MemoryConfig& config,
+                                              const worker::LayerShape& shape, int32_t layer,
+                                              std::optional<worker::QuestionSpan> question,
+                                              bool late_question, const double* inv_freq,
+                                              Stream stream,
+                                              const LayerMemoryEngineOptions& options)
+    : config_(config),
+      layer_(layer),
+      question_(question),
+      late_question_(late_question),
+      inv_freq_(inv_freq),
+      stream_(stream),
+      options_(options),
+      heads_(shape.heads),
+      kv_heads_(shape.kv_heads),
+      head_dim_(shape.head_dim),
+      group_(shape.heads / shape.kv_heads),
+      q_dim_(static_cast<int64_t>(shape.heads) * shape.head_dim),
+      kv_dim_(static_cast<int64_t>(shape.kv_heads) * shape.head_dim),
+      scale_(static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim)))),
+      w_(config.effective_question_weight()),
+      n_local_(config.n_local),
+      pending_global_(config.mode != worker::AttentionMode::kStreaming &&
+                      config.far_pending_global),
+      topk_(config.mode == worker::AttentionMode::kStreaming ? 0 : config.topk),
+      // After a commit at most n_local + block_size - 1 tokens are pending; a chunk adds at most
+      // exc_block_size; the dead rows before pb_ are compacted away once they outnumber the
+      // live ones (see AppendPending).
+      pending_rows_(2 * (static_cast<int64_t>(config.n_local) + config.block_size) +
+                    config.exc_block_size),
+      global_rows_(
+          static_cast<int64_t>(config.n_init) +
+          static_cast<int64_t>(config.mode == worker::AttentionMode::kStreaming ? 0 : config.topk) *
+              config.block_size +
+          pending_rows_) {}
+
+template <typename Backend>
+LayerMemoryEngine<Backend>::~LayerMemoryEngine() = default;
+
+template <typename Backend>
+absl::StatusOr<std::unique_ptr<LayerMemoryEngine<Backend>>> LayerMemoryEngine<Backend>::Create(
+    const worker::MemoryConfig& config, const worker::LayerShape& shape, int32_t layer,
+    std::optional<worker::QuestionSpan> question, bool late_question, const double* inv_freq,
+    Stream stream, const LayerMemoryEngineOptions& options) {
+  RETURN_IF_ERROR(config.Validate());
+  if (!config.uses_memory()) {
+    return absl::InvalidArgumentError("layer memory: full attention has no memory");
+  }
+  if (shape.heads <= 0 || shape.kv_heads <= 0 || shape.head_dim <= 0 ||
+      shape.heads % shape.kv_heads != 0 || shape.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer memory: heads ", shape.heads, ", kv_heads ", shape.kv_heads, ", head_dim ",
+        shape.head_dim, " (need kv_heads dividing heads and an even head_dim)"));
+  }
+  if (shape.head_dim > kMemoryAttentionMaxHeadDim) {
+    return absl::UnimplementedError(absl::StrCat("layer memory: head_dim ", shape.head_dim,
+                                                 " above ", kMemoryAttentionMaxHeadDim));
+  }
+  if (inv_freq == nullptr || options.max_blocks < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer memory: inv_freq is required and max_blocks (", options.max_blocks,
+                     ") must be >= 0"));
+  }
+  if (question.has_value() && (question->begin < 0 || question->end <= question->begin)) {
+    return absl::InvalidArgumentError(absl::StrCat("layer memory: question span [", question->begin,
+                                                   ", ", question->end, ") is empty or negative"));
+  }
+  if (config.block_size > kTopMeanMaxRows || QuestionTokens(question) > kTopMeanMaxRows) {
+    return absl::UnimplementedError(absl::StrCat("layer memory: block_size ", config.block_size,
+                                                 " and question of ", QuestionTokens(question),
+                                                 " tokens must be at most ", kTopMeanMaxRows));
+  }
+  std::unique_ptr<LayerMemoryEngine> m(new LayerMemoryEngine(
+      config, shape, layer, question, late_question, inv_freq, stream, options));
+  auto buf = std::make_unique<Buffers>();
+  int64_t* bytes = &buf->bytes;
+  const int64_t kvd = m->kv_dim_, qd = m->q_dim_, exc = config.exc_block_size;
+  const int64_t blocks = m->topk_ > 0 ? options.max_blocks : 0;
+  const int64_t nq = QuestionTokens(question);
+  const int64_t pend = m->pending_rows_, glob = m->global_rows_;
+  RETURN_IF_ERROR(Alloc(&buf->init_k, config.n_init * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->init_v, config.n_init * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->pk, pend * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->pkr, pend * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->pv, pend * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->ps, pend * m->heads_, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->pool_k, blocks * config.block_size * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->pool_v, blocks * config.block_size * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->reprs, blocks * qd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->question_q, nq * qd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->question_rot, nq * qd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->question_vec, qd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->q_loc, exc * qd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->q_glob, exc * qd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->qbar, qd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->positions, std::max({exc, nq, pend, glob}), bytes));
+  RETURN_IF_ERROR(Alloc(&buf->global_k, glob * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->global_v, glob * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->global_pos, glob, bytes));
+  if (m->topk_ > 0) {
+    ASSIGN_OR_RETURN(const size_t ws,
+                     Backend::BlockTopKWorkspaceBytes(std::max<int64_t>(blocks, 1)));
+    RETURN_IF_ERROR(Alloc(&buf->topk_workspace, static_cast<int64_t>(ws), bytes));
+    RETURN_IF_ERROR(Alloc(&buf->ids, m->topk_, bytes));
+    RETURN_IF_ERROR(Alloc(&buf->scores, m->topk_, bytes));
+    ASSIGN_OR_RETURN(buf->h_ids, HostBuffer<int32_t>::Create(m->topk_));
+    ASSIGN_OR_RETURN(buf->h_scores, HostBuffer<float>::Create(m->topk_));
+  }
+  MemoryAttentionParams sizing;
+  sizing.n = exc;
+  sizing.heads = m->heads_;
+  RETURN_IF_ERROR(Alloc(&buf->attn_workspace,
+                        static_cast<int64_t>(MemoryAttentionWorkspaceBytes(sizing) / sizeof(float)),
+                        bytes));
+  m->buf_ = std::move(buf);
+  return m;
+}
+
+template <typename Backend>
+void LayerMemoryEngine<Backend>::Reset() {
+  init_size_ = 0;
+  p0_ = end_ = pb_ = 0;
+  block_start_.clear();
+  has_question_vector_ = false;
+  init_ran_ = false;
+}
+
+template <typename Backend>
+int64_t LayerMemoryEngine<Backend>::Bytes() const {
+  return buf_->bytes;
+}
+
+template <typename Backend>
+float* LayerMemoryEngine<Backend>::pk(int64_t t) const {
+  return buf_->pk.data() + (pb_ + t) * kv_dim_;
+}
+template <typename Backend>
+float* LayerMemoryEngine<Backend>::pkr(int64_t t) const {
+  return buf_->pkr.data() + (pb_ + t) * kv_dim_;
+}
+template <typename Backend>
+float* LayerMemoryEngine<Backend>::pv(int64_t t) const {
+  return buf_->pv.data() + (pb_ + t) * kv_dim_;
+}
+template <typename Backend>
+float* LayerMemoryEngine<Backend>::ps(int64_t t) const {
+  return buf_->ps.data() + (pb_ + t) * heads_;
+}
+
+template <typename Backend>
+absl::StatusOr<std::vector<float>> LayerMemoryEngine<Backend>::QuestionVector() const {
+  if (!has_question_vector_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", layer_, ": the question vector is not formed yet"));
+  }
+  std::vector<float> q(q_dim_);
+  RETURN_IF_ERROR(buf_->question_vec.Download(q.data(), q.size(), stream_));
+  RETURN_IF_ERROR(Backend::Synchronize(stream_));
+  return q;
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::Rotate(float* x, int64_t rows, int64_t heads,
+                                                int64_t row_stride, int64_t first, int64_t step) {
+  if (rows == 0) return absl::OkStatus();
+  RETURN_IF_ERROR(Backend::FillPositions(
+      {.out = buf_->positions.data(), .n = rows, .first = first, .step = step}, stream_));
+  RopeParams p;
+  p.x = x;
+  p.positions = buf_->positions.data();
+  p.inv_freq = inv_freq_;
+  p.tokens = rows;
+  p.heads = heads;
+  p.head_dim = head_dim_;
+  p.row_stride = row_stride;
+  return Backend::Rope(p, stream_);
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::Process(const float* qkv, int64_t stride, int64_t n,
+                                                 int64_t start, float* out,
+                                                 std::vector<worker::ChunkSelection>* record) {
+  if (qkv == nullptr || out == nullptr || n <= 0 || n > config_.exc_block_size ||
+      stride < q_dim_ + 2 * kv_dim_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", layer_, ": chunk of ", n, " tokens (must be 1..", config_.exc_block_size,
+        "), stride ", stride, " (must be >= ", q_dim_ + 2 * kv_dim_, ") and pointers"));
+  }
+  if (start != end_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer_, ": chunk at ", start, " after ", end_, " tokens"));
+  }
+  Buffers& b = *buf_;
+  // 1. Queries at their own positions (local keys) and at n_local - 1 (global keys).
+  for (float* q : {b.q_loc.data(), b.q_glob.data()}) {
+    RETURN_IF_ERROR(Backend::CopyRows({.src = qkv,
+                                       .dst = q,
+                                       .rows = n,
+                                       .cols = q_dim_,
+                                       .src_stride = stride,
+                                       .dst_stride = q_dim_},
+                                      stream_));
+  }
+  RETURN_IF_ERROR(Rotate(b.q_loc.data(), n, heads_, q_dim_, start, 1));
+  RETURN_IF_ERROR(Rotate(b.q_glob.data(), n, heads_, q_dim_, n_local_ - 1, 0));
+  RETURN_IF_ERROR(AppendPending(qkv, stride, n, start));
+
+  // 2. Retrieval, once per chunk, before attention.
+  const int64_t num = num_blocks();
+  const int64_t sel = topk_ > 0 ? std::min<int64_t>(topk_, num) : 0;
+  if (sel > 0) {
+    RETURN_IF_ERROR(Backend::MeanRows(
+        {.x = b.q_glob.data(), .out = b.qbar.data(), .rows = n, .dim = q_dim_, .stride = q_dim_},
+        stream_));
+    BlockTopKParams t;
+    t.reprs = b.reprs.data();
+    t.qbar = b.qbar.data();
+    t.question = has_question_vector_ && w_ != 0.0f ? b.question_vec.data() : nullptr;
+    t.question_weight = w_;
+    t.num_blocks = num;
+    t.q_dim = q_dim_;
+    t.topk = topk_;
+    t.ids = b.ids.data();
+    t.scores = b.scores.data();
+    if (record != nullptr) {
+      RETURN_IF_ERROR(Backend::BlockTopKToHost(t, b.topk_workspace.data(), b.topk_workspace.bytes(),
+                                               b.h_ids.data(), b.h_scores.data(), stream_));
+    } else {
+      RETURN_IF_ERROR(
+          Backend::BlockTopK(t, b.topk_workspace.data(), b.topk_workspace.bytes(), stream_));
+    }
+  }
+  // Global keys: sinks, the selected blocks (always visible), then the pending tokens at their
+  // real positions (visible once older than the window).
+  const int64_t bs = config_.block_size;
+  const int64_t P = end_ - p0_;
+  const int64_t fixed = init_size_ + sel * bs;
+  const int64_t ng = fixed + (pending_global_ ? P : 0);
+  for (auto [src, dst] : {std::pair{b.init_k.data(), b.global_k.data()},
+                          std::pair{b.init_v.data(), b.global_v.data()}}) {
+    RETURN_IF_ERROR(Backend::CopyRows({.src = src,
+                                       .dst = dst,
+                                       .rows = init_size_,
+                                       .cols = kv_dim_,
+                                       .src_stride = kv_dim_,
+                                       .dst_stride = kv_dim_},
+                                      stream_));
+  }
+  if (sel > 0) {
+    GatherBlocksParams g;
+    g.ids = b.ids.data();
+    g.pool_k = b.pool_k.data();
+    g.pool_v = b.pool_v.data();
+    g.dst_k = b.global_k.data() + init_size_ * kv_dim_;
+    g.dst_v = b.global_v.data() + init_size_ * kv_dim_;
+    g.count = sel;
+    g.num_blocks = num;
+    g.block_elems = bs * kv_dim_;
+    RETURN_IF_ERROR(Backend::GatherBlocks(g, stream_));
+  }
+  if (pending_global_) {
+    for (auto [src, dst] :
+         {std::pair{pk(0), b.global_k.data()}, std::pair{pv(0), b.global_v.data()}}) {
+      RETURN_IF_ERROR(Backend::CopyRows({.src = src,
+                                         .dst = dst + fixed * kv_dim_,
+                                         .rows = P,
+                                         .cols = kv_dim_,
+                                         .src_stride = kv_dim_,
+                                         .dst_stride = kv_dim_},
+                                        stream_));
+    }
+    RETURN_IF_ERROR(Backend::FillPositions(
+        {.out = b.global_pos.data(), .n = fixed, .first = kAlwaysVisible, .step = 0}, stream_));
+    RETURN_IF_ERROR(Backend::FillPositions(
+        {.out = b.global_pos.data() + fixed, .n = P, .first = p0_, .step = 1}, stream_));
+  }
+
+  // 3-4. Two-stage attention with one joint softmax, and local-score accumulation.
+  MemoryAttentionParams a;
+  a.q_local = b.q_loc.data();
+  a.q_global = b.q_glob.data();
+  a.local_k = pkr(0);
+  a.local_v = pv(0);
+  a.global_k = ng > 0 ? b.global_k.data() : nullptr;
+  a.global_v = ng > 0 ? b.global_v.data() : nullptr;
+  a.global_pos = pending_global_ ? b.global_pos.data() : nullptr;
+  a.out = out;
+  a.local_scores = ps(0);
+  a.n = n;
+  a.start = start;
+  a.num_local = P;
+  a.local_first = p0_;
+  a.num_global = ng;
+  a.n_local = n_local_;
+  a.heads = heads_;
+  a.kv_heads = kv_heads_;
+  a.head_dim = head_dim_;
+  a.scale = scale_;
+  RETURN_IF_ERROR(
+      Backend::MemoryAttention(a, b.attn_workspace.data(), b.attn_workspace.bytes(), stream_));
+
+  if (record != nullptr) {
+    RETURN_IF_ERROR(Backend::Synchronize(stream_));
+    worker::ChunkSelection s;
+    s.layer = layer_;
+    s.chunk_begin = start;
+    s.chunk_end = start + n;
+    s.candidates = static_cast<int32_t>(num);
+    for (int64_t i = 0; i < sel; ++i) {
+      const int32_t id = b.h_ids[i];
+      s.blocks.push_back(id);
+      s.scores.push_back(b.h_scores[i]);
+      s.block_starts.push_back(id >= 0 && id < num ? block_start_[id] : -1);
+    }
+    record->push_back(std::move(s));
+  }
+  // 5-6. Commit.
+  return Commit();
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::AppendPending(const float* qkv, int64_t stride, int64_t n,
+                                                       int64_t start) {
+  Buffers& b = *buf_;
+  const int64_t count = end_ - p0_;
+  if (pb_ > 0 && pb_ >= count) {  // Compact: the live rows move to the front (no overlap).
+    for (Buffer<float>* a : {&b.pk, &b.pkr, &b.pv}) {
+      RETURN_IF_ERROR(Backend::CopyRows({.src = a->data() + pb_ * kv_dim_,
+                                         .dst = a->data(),
+                                         .rows = count,
+                                         .cols = kv_dim_,
+                                         .src_stride = kv_dim_,
+                                         .dst_stride = kv_dim_},
+                                        stream_));
+    }
+    RETURN_IF_ERROR(Backend::CopyRows({.src = b.ps.data() + pb_ * heads_,
+                                       .dst = b.ps.data(),
+                                       .rows = count,
+                                       .cols = heads_,
+                                       .src_stride = heads_,
+                                       .dst_stride = heads_},
+                                      stream_));
+    pb_ = 0;
+  }
+  if (pb_ + count + n > pending_rows_) {
+    return absl::InternalError(absl::StrCat("layer ", layer_, ": ", pb_ + count + n,
+                                            " pending rows exceed the capacity ", pending_rows_));
+  }
+  const CopyRowsParams rows{
+      .rows = n, .cols = kv_dim_, .src_stride = stride, .dst_stride = kv_dim_};
+  CopyRowsParams c = rows;
+  c.src = qkv + q_dim_;
+  c.dst = pk(count);
+  RETURN_IF_ERROR(Backend::CopyRows(c, stream_));
+  c.dst = pkr(count);
+  RETURN_IF_ERROR(Backend::CopyRows(c, stream_));
+  c.src = qkv + q_dim_ + kv_dim_;
+  c.dst = pv(count);
+  RETURN_IF_ERROR(Backend::CopyRows(c, stream_));
+  RETURN_IF_ERROR(Backend::Zero(ps(count), n * heads_, stream_));
+  // The question's pre-RoPE queries, while Q is not formed.
+  if (question_.has_value() && !has_question_vector_) {
+    const int64_t lo = std::max(start, question_->begin);
+    const int64_t hi = std::min(start + n, question_->end);
+    if (lo < hi) {
+      RETURN_IF_ERROR(
+          Backend::CopyRows({.src = qkv + (lo - start) * stride,
+                             .dst = b.question_q.data() + (lo - question_->begin) * q_dim_,
+                             .rows = hi - lo,
+                             .cols = q_dim_,
+                             .src_stride = stride,
+                             .dst_stride = q_dim_},
+                            stream_));
+    }
+  }
+  RETURN_IF_ERROR(Rotate(pkr(count), n, kv_heads_, kv_dim_, start, 1));
+  end_ += n;
+  return absl::OkStatus();
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::Commit() {
+  const int64_t n_init = config_.n_init;
+  const bool want_question = question_.has_value() && !has_question_vector_;
+  // b (late question): formed by the chunk that completes the span.
+  if (want_question && late_question_ && init_ran_ && question_->end <= end_) {
+    RETURN_IF_ERROR(ComputeQuestionVector());
+  }
+  // a. Fill the sinks from the oldest pending tokens while there is room and more than n_local
+  //    tokens are pending.
+  const int64_t move = std::min(n_init - init_size_, (end_ - p0_) - n_local_);
+  if (move > 0) {
+    if (!init_ran_ && want_question && !(late_question_ && question_->end > end_)) {
+      if (question_->end > end_) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the question span [", question_->begin, ", ", question_->end,
+                         ") must be processed before the attention sinks fill (after token ", end_,
+                         "): put the question at the start of the first prefill call"));
+      }
+      RETURN_IF_ERROR(ComputeQuestionVector());
+    }
+    init_ran_ = true;
+    for (auto [src, dst] :
+         {std::pair{pk(0), buf_->init_k.data()}, std::pair{pv(0), buf_->init_v.data()}}) {
+      RETURN_IF_ERROR(Backend::CopyRows({.src = src,
+                                         .dst = dst + init_size_ * kv_dim_,
+                                         .rows = move,
+                                         .cols = kv_dim_,
+                                         .src_stride = kv_dim_,
+                                         .dst_stride = kv_dim_},
+                                        stream_));
+    }
+    init_size_ += move;
+    pb_ += move;
+    p0_ += move;
+  }
+  // c. Cut blocks while the tokens older than the window number at least block_size.
+  while ((end_ - p0_) - config_.block_size >= n_local_) RETURN_IF_ERROR(CutBlock());
+  return absl::OkStatus();
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::ComputeQuestionVector() {
+  const int64_t qs = question_->begin, nq = question_->end - question_->begin;
+  if (qs < p0_) {
+    return absl::InternalError(absl::StrCat("layer ", layer_, ": question token ", qs,
+                                            " left pending (first pending ", p0_, ")"));
+  }
+  Buffers& b = *buf_;
+  RETURN_IF_ERROR(Backend::CopyRows({.src = b.question_q.data(),
+                                     .dst = b.question_rot.data(),
+                                     .rows = nq,
+                                     .cols = q_dim_,
+                                     .src_stride = q_dim_,
+                                     .dst_stride = q_dim_},
+                                    stream_));
+  RETURN_IF_ERROR(Rotate(b.question_rot.data(), nq, heads_, q_dim_, n_local_ - 1, 0));
+  TopMeanParams t;
+  t.scores = ps(qs - p0_);
+  t.vectors = b.question_rot.data();
+  t.out = b.question_vec.data();
+  t.rows = nq;
+  t.heads = heads_;
+  t.group = 1;
+  t.head_dim = head_dim_;
+  t.k = config_.repr_topk;
+  t.score_stride = heads_;
+  t.vector_stride = q_dim_;
+  RETURN_IF_ERROR(Backend::TopMean(t, stream_));
+  has_question_vector_ = true;
+  return absl::OkStatus();
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::CutBlock() {
+  const int64_t bs = config_.block_size;
+  const int64_t id = num_blocks();
+  if (topk_ > 0) {  // Streaming never retrieves, so it stores nothing.
+    if (id >= options_.max_blocks) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("layer ", layer_, ": the block pool holds ", options_.max_blocks,
+                       " blocks of ", bs, " tokens; the document needs more (raise max_blocks)"));
+    }
+    Buffers& b = *buf_;
+    for (auto [src, dst] : {std::pair{pk(0), b.pool_k.data()}, std::pair{pv(0), b.pool_v.data()}}) {
+      RETURN_IF_ERROR(Backend::CopyRows({.src = src,
+                                         .dst = dst + id * bs * kv_dim_,
+                                         .rows = bs,
+                                         .cols = kv_dim_,
+                                         .src_stride = kv_dim_,
+                                         .dst_stride = kv_dim_},
+                                        stream_));
+    }
+    // R_b[h]: mean pre-RoPE key (kv head h / G) of the block's repr_topk highest-scoring tokens.
+    TopMeanParams t;
+    t.scores = ps(0);
+    t.vectors = pk(0);
+    t.out = b.reprs.data() + id * q_dim_;
+    t.rows = bs;
+    t.heads = heads_;
+    t.group = group_;
+    t.head_dim = head_dim_;
+    t.k = config_.repr_topk;
+    t.score_stride = heads_;
+    t.vector_stride = kv_dim_;
+    RETURN_IF_ERROR(Backend::TopMean(t, stream_));
+  }
+  block_start_.push_back(p0_);
+  pb_ += bs;
+  p0_ += bs;
+  return absl::OkStatus();
+}
+
+}  // namespace qllm::cuda
+
+#endif  // QLLM_CUDA_LAYER_MEMORY_ENGINE_H_

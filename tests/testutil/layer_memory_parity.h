@@ -1,0 +1,225 @@
+// Shared checks of LayerMemoryEngine (cuda/layer_memory_engine.h) against the engine's CPU
+// context memory worker::LayerMemory, run over the host backend in every build
+// (tests/unit/cuda/host_layer_memory_test.cc) and over the device backend where there is a GPU
+// (tests/gpu/device_layer_memory_gpu_test.cc).
+//
+// `Io` moves arrays to and from the backend's memory:
+//   float* Upload(const std::vector<float>&)      (the array lives as long as the Io)
+//   float* Alloc(size_t count)
+//   std::vector<float> Download(const float*, size_t count)   (waits for the stream)
+//   const double* inv_freq()                       (RopeInverseFrequencies of kParityShape)
+//   Stream stream()
+#ifndef QLLM_TESTS_TESTUTIL_LAYER_MEMORY_PARITY_H_
+#define QLLM_TESTS_TESTUTIL_LAYER_MEMORY_PARITY_H_
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cuda/layer_memory_engine.h"
+#include "tests/testutil/status_matchers.h"
+#include "worker/block_storage.h"
+#include "worker/context_memory.h"
+#include "worker/memory_config.h"
+
+namespace qllm::testing {
+
+inline constexpr worker::LayerShape kParityShape{.heads = 6, .kv_heads = 2, .head_dim = 16};
+inline constexpr int64_t kParityQDim = 6 * 16, kParityKvDim = 2 * 16;
+inline constexpr int64_t kParityWidth = kParityQDim + 2 * kParityKvDim;
+
+inline worker::MemoryConfig ParityConfig(worker::AttentionMode mode) {
+  worker::MemoryConfig c;
+  c.mode = mode;
+  c.n_init = 4;
+  c.n_local = 32;
+  c.block_size = 8;
+  c.topk = 3;
+  c.repr_topk = 2;
+  c.exc_block_size = 16;
+  c.question_weight = 4.0f;
+  return c;
+}
+
+struct MemoryCase {
+  std::string name;
+  worker::AttentionMode mode = worker::AttentionMode::kQllm;
+  std::optional<worker::QuestionSpan> question;
+  bool late_question = false;
+};
+
+inline void PrintTo(const MemoryCase& c, std::ostream* os) { *os << c.name; }
+
+// qllm with an early and a late question, infllm, streaming.
+inline std::vector<MemoryCase> ParityCases() {
+  return {MemoryCase{.name = "QllmEarlyQuestion", .question = worker::QuestionSpan{2, 9}},
+          MemoryCase{.name = "QllmLateQuestion",
+                     .question = worker::QuestionSpan{150, 161},
+                     .late_question = true},
+          MemoryCase{.name = "Infllm", .mode = worker::AttentionMode::kInfLlm},
+          MemoryCase{.name = "Streaming", .mode = worker::AttentionMode::kStreaming}};
+}
+
+// Chunk sizes in [1, exc] summing to `tokens`.
+inline std::vector<int64_t> ParityChunkSizes(int64_t tokens, int64_t exc, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int64_t> d(1, exc);
+  std::vector<int64_t> sizes;
+  for (int64_t done = 0; done < tokens;) {
+    const int64_t n = std::min(d(rng), tokens - done);
+    sizes.push_back(n);
+    done += n;
+  }
+  return sizes;
+}
+
+// |a - b| <= atol + rtol * |a| elementwise (NaN never matches), with the first mismatch named.
+inline ::testing::AssertionResult Near(std::span<const float> want, std::span<const float> got,
+                                       double atol, double rtol) {
+  if (want.size() != got.size()) {
+    return ::testing::AssertionFailure() << "sizes " << want.size() << " vs " << got.size();
+  }
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double diff = std::abs(static_cast<double>(want[i]) - got[i]);
+    if (!(diff <= atol + rtol * std::abs(static_cast<double>(want[i])))) {
+      return ::testing::AssertionFailure()
+             << "element " << i << ": want " << want[i] << ", got " << got[i];
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// The same random projections through worker::LayerMemory and Engine in chunks of varied size:
+// per chunk, outputs within `tolerance` (absolute and relative), the same selected blocks and
+// block starts, scores within `tolerance`, the same counts; the question vectors at the end.
+template <typename Engine, typename Io>
+void ExpectMatchesLayerMemory(const MemoryCase& c, Io* io, double tolerance) {
+  const worker::MemoryConfig config = ParityConfig(c.mode);
+  constexpr int64_t kTokens = 300;  // About 33 blocks of 8 beyond sinks and window.
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  std::vector<float> qkv(kTokens * kParityWidth);
+  for (float& x : qkv) x = normal(rng);
+  const std::vector<double> inv_freq =
+      cuda::RopeInverseFrequencies({.head_dim = kParityShape.head_dim, .theta = 10000.0});
+
+  worker::InMemoryBlockStorage storage;
+  worker::LayerMemory cpu(config, kParityShape, /*layer=*/1, /*session=*/5, c.question,
+                          c.late_question, &storage, inv_freq.data());
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> eng,
+                       Engine::Create(config, kParityShape, 1, c.question, c.late_question,
+                                      io->inv_freq(), io->stream(), {.max_blocks = 64}));
+  const float* d_qkv = io->Upload(qkv);
+  float* d_out = io->Alloc(config.exc_block_size * kParityQDim);
+
+  int64_t start = 0, chunks_with_blocks = 0;
+  for (int64_t n : ParityChunkSizes(kTokens, config.exc_block_size, 3)) {
+    SCOPED_TRACE(::testing::Message() << "chunk at " << start << " of " << n << " tokens");
+    std::vector<float> want(n * kParityQDim);
+    std::vector<worker::ChunkSelection> cpu_sel, eng_sel;
+    ASSERT_OK(cpu.Process(qkv.data() + start * kParityWidth, kParityWidth, n, start, want.data(),
+                          &cpu_sel));
+    ASSERT_OK(eng->Process(d_qkv + start * kParityWidth, kParityWidth, n, start, d_out, &eng_sel));
+    const std::vector<float> got = io->Download(d_out, n * kParityQDim);
+    EXPECT_TRUE(Near(want, got, tolerance, tolerance));
+
+    ASSERT_EQ(cpu_sel.size(), 1u);
+    ASSERT_EQ(eng_sel.size(), 1u);
+    EXPECT_EQ(eng_sel[0].layer, cpu_sel[0].layer);
+    EXPECT_EQ(eng_sel[0].chunk_begin, cpu_sel[0].chunk_begin);
+    EXPECT_EQ(eng_sel[0].chunk_end, cpu_sel[0].chunk_end);
+    EXPECT_EQ(eng_sel[0].candidates, cpu_sel[0].candidates);
+    EXPECT_EQ(eng_sel[0].blocks, cpu_sel[0].blocks);
+    EXPECT_EQ(eng_sel[0].block_starts, cpu_sel[0].block_starts);
+    EXPECT_TRUE(Near(cpu_sel[0].scores, eng_sel[0].scores, tolerance, tolerance));
+    chunks_with_blocks += cpu_sel[0].blocks.empty() ? 0 : 1;
+
+    EXPECT_EQ(eng->tokens(), cpu.tokens());
+    EXPECT_EQ(eng->num_blocks(), cpu.num_blocks());
+    EXPECT_EQ(eng->init_size(), cpu.init_size());
+    EXPECT_EQ(eng->pending_size(), cpu.pending_size());
+    EXPECT_EQ(eng->has_question_vector(), cpu.has_question_vector());
+    start += n;
+  }
+  EXPECT_GT(cpu.num_blocks(), 25);
+  if (c.mode == worker::AttentionMode::kStreaming) {
+    EXPECT_EQ(chunks_with_blocks, 0);
+  } else {
+    EXPECT_GT(chunks_with_blocks, 10);
+  }
+  if (c.question.has_value()) {
+    ASSERT_TRUE(cpu.has_question_vector());
+    ASSERT_OK_AND_ASSIGN(std::vector<float> q, eng->QuestionVector());
+    EXPECT_TRUE(Near(cpu.question_vector(), q, tolerance, tolerance));
+  } else {
+    EXPECT_THAT(eng->QuestionVector(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  }
+}
+
+// Argument errors leave the memory untouched; a full block pool is RESOURCE_EXHAUSTED; Reset()
+// starts over.
+template <typename Engine, typename Io>
+void ExpectRejectsBadArgumentsAndAFullPool(Io* io) {
+  const worker::MemoryConfig config = ParityConfig(worker::AttentionMode::kInfLlm);
+  worker::MemoryConfig full = config;
+  full.mode = worker::AttentionMode::kFull;
+  EXPECT_THAT(
+      Engine::Create(full, kParityShape, 0, std::nullopt, false, io->inv_freq(), io->stream()),
+      StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Engine::Create(config, {.heads = 6, .kv_heads = 4, .head_dim = 16}, 0, std::nullopt,
+                             false, io->inv_freq(), io->stream()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Engine::Create(config, kParityShape, 0, worker::QuestionSpan{5, 5}, false,
+                             io->inv_freq(), io->stream()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Engine::Create(config, kParityShape, 0, std::nullopt, false, nullptr, io->stream()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> eng,
+                       Engine::Create(config, kParityShape, 0, std::nullopt, false, io->inv_freq(),
+                                      io->stream(), {.max_blocks = 2}));
+  constexpr int64_t kTokens = 80;
+  const float* qkv = io->Upload(std::vector<float>(kTokens * kParityWidth, 0.5f));
+  float* out = io->Alloc(16 * kParityQDim);
+  EXPECT_THAT(eng->Process(qkv, kParityWidth, 17, 0, out, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(eng->Process(qkv, kParityWidth - 1, 4, 0, out, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(eng->Process(qkv, kParityWidth, 4, 3, out, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(eng->Process(nullptr, kParityWidth, 4, 0, out, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(eng->tokens(), 0);
+  // Sinks 4 + window 32 + 2 blocks of 8 hold 52 tokens; the chunk ending at 64 cuts a third
+  // block, which the pool of 2 cannot take.
+  absl::Status s;
+  int64_t start = 0;
+  while (start < kTokens && s.ok()) {
+    s = eng->Process(qkv + start * kParityWidth, kParityWidth, 16, start, out, nullptr);
+    start += 16;
+  }
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_EQ(start, 64);
+  EXPECT_EQ(eng->num_blocks(), 2);
+  eng->Reset();
+  EXPECT_EQ(eng->tokens(), 0);
+  EXPECT_EQ(eng->num_blocks(), 0);
+  EXPECT_OK(eng->Process(qkv, kParityWidth, 16, 0, out, nullptr));
+  EXPECT_EQ(eng->tokens(), 16);
+  io->Download(out, 16 * kParityQDim);
+}
+
+}  // namespace qllm::testing
+
+#endif  // QLLM_TESTS_TESTUTIL_LAYER_MEMORY_PARITY_H_
