@@ -12,6 +12,7 @@
 #include "common/status_macros.h"
 #include "cuda/cast.h"
 #include "cuda/device.h"
+#include "cuda/device_layer_memory.h"
 #include "cuda/embedding.h"
 #include "cuda/gemm_lt.h"
 #include "cuda/memory_attention.h"
@@ -56,6 +57,8 @@ struct DeviceLayer {
   DeviceBuffer<uint16_t> w2;      // bf16 [hidden, intermediate]
   DeviceBuffer<float> k_cache;    // [max_tokens, kv_dim], keys rotated at their positions
   DeviceBuffer<float> v_cache;    // [max_tokens, kv_dim]
+  // Memory modes: the layer's context memory (k_cache and v_cache stay empty).
+  std::unique_ptr<DeviceLayerMemory> memory;
 };
 
 }  // namespace
@@ -65,6 +68,9 @@ struct DeviceModel::Impl {
   DeviceModelOptions options;
   int32_t layer_begin = 0;
   int64_t position = 0;  // Valid tokens in every layer's KV cache.
+  bool use_memory = false;
+  int64_t piece = 0;  // Most tokens per Piece: max_chunk, or exc_block_size in memory modes.
+  std::vector<worker::ChunkSelection>* record = nullptr;  // Of the Forward call at hand.
 
   CudaStream stream;
   std::unique_ptr<GemmLt> gemm;
@@ -83,6 +89,7 @@ struct DeviceModel::Impl {
   DeviceBuffer<float> norm;         // [n, hidden]
   DeviceBuffer<uint16_t> gemm_in;   // bf16 [n, max(hidden, q_dim, intermediate)]
   DeviceBuffer<float> q;            // [n, q_dim], rotated
+  DeviceBuffer<float> qkv;          // Memory modes: [n, q_dim + 2 * kv_dim], pre-RoPE
   DeviceBuffer<float> attn;         // [n, q_dim]
   DeviceBuffer<float> proj;         // [n, hidden]: o_proj / down_proj output
   DeviceBuffer<float> gate_up;      // [n, 2 * intermediate]
@@ -96,13 +103,15 @@ struct DeviceModel::Impl {
                     int64_t k);
   // gemm_in[rows, cols] = bf16(x[rows, cols]).
   absl::Status ToBf16(const float* x, int64_t rows, int64_t cols);
-  // norm = RMSNorm(hidden[rows]) with `weight`, then gemm_in = bf16(norm).
-  absl::Status NormToBf16(const float* weight, int64_t rows);
+  // norm = RMSNorm(hidden[first_row, first_row + rows)) with `weight`, then gemm_in = bf16(norm).
+  absl::Status NormToBf16(const float* weight, int64_t rows, int64_t first_row = 0);
   absl::Status Attention(const DeviceLayer& layer, int64_t n, int64_t pos0);
-  absl::Status Layer(const DeviceLayer& layer, int64_t n, int64_t pos0);
-  // Runs n <= max_chunk tokens at pos0 .. pos0 + n - 1 and enqueues the copy of their logits
-  // into logits_host.
-  absl::Status Piece(const int32_t* h_ids, int64_t n, int64_t pos0, float* logits_host);
+  absl::Status MemoryAttention(DeviceLayer& layer, int64_t n, int64_t pos0);
+  absl::Status Layer(DeviceLayer& layer, int64_t n, int64_t pos0);
+  // Runs n <= piece tokens at pos0 .. pos0 + n - 1 and enqueues the copy of their logits into
+  // logits_host, or with `last_only` of the last token's logits only.
+  absl::Status Piece(const int32_t* h_ids, int64_t n, int64_t pos0, float* logits_host,
+                     bool last_only);
 };
 
 absl::Status DeviceModel::Impl::Gemm(const uint16_t* a, const uint16_t* b, float* c, int64_t m,
@@ -127,9 +136,9 @@ absl::Status DeviceModel::Impl::ToBf16(const float* x, int64_t rows, int64_t col
   return LaunchCastToBf16({.x = x, .y = gemm_in.data(), .n = rows * cols}, stream.get());
 }
 
-absl::Status DeviceModel::Impl::NormToBf16(const float* weight, int64_t rows) {
+absl::Status DeviceModel::Impl::NormToBf16(const float* weight, int64_t rows, int64_t first_row) {
   RmsNormParams p;
-  p.x = hidden.data();
+  p.x = hidden.data() + first_row * config.hidden_size;
   p.weight = weight;
   p.y = norm.data();
   p.rows = rows;
@@ -185,11 +194,19 @@ absl::Status DeviceModel::Impl::Attention(const DeviceLayer& layer, int64_t n, i
   return LaunchMemoryAttention(a, attn_workspace.data(), attn_workspace.bytes(), stream.get());
 }
 
-absl::Status DeviceModel::Impl::Layer(const DeviceLayer& layer, int64_t n, int64_t pos0) {
+absl::Status DeviceModel::Impl::MemoryAttention(DeviceLayer& layer, int64_t n, int64_t pos0) {
+  // One GEMM gives the rows LayerMemory::Process reads: q, k and v of each token, pre-RoPE.
+  const int64_t width = config.q_dim() + 2 * config.kv_dim();
+  RETURN_IF_ERROR(
+      Gemm(gemm_in.data(), layer.wqkv.data(), qkv.data(), n, width, config.hidden_size));
+  return layer.memory->Process(qkv.data(), width, n, pos0, attn.data(), record);
+}
+
+absl::Status DeviceModel::Impl::Layer(DeviceLayer& layer, int64_t n, int64_t pos0) {
   const int64_t hd = config.hidden_size, qd = config.q_dim(), f = config.intermediate_size;
   // Attention block.
   RETURN_IF_ERROR(NormToBf16(layer.attn_norm.data(), n));
-  RETURN_IF_ERROR(Attention(layer, n, pos0));
+  RETURN_IF_ERROR(use_memory ? MemoryAttention(layer, n, pos0) : Attention(layer, n, pos0));
   RETURN_IF_ERROR(ToBf16(attn.data(), n, qd));
   RETURN_IF_ERROR(Gemm(gemm_in.data(), layer.wo.data(), proj.data(), n, hd, qd));
   RETURN_IF_ERROR(LaunchAdd({.x = proj.data(), .y = hidden.data(), .n = n * hd}, stream.get()));
@@ -204,7 +221,7 @@ absl::Status DeviceModel::Impl::Layer(const DeviceLayer& layer, int64_t n, int64
 }
 
 absl::Status DeviceModel::Impl::Piece(const int32_t* h_ids, int64_t n, int64_t pos0,
-                                      float* logits_host) {
+                                      float* logits_host, bool last_only) {
   for (int64_t i = 0; i < n; ++i) h_positions[i] = pos0 + i;
   // Pageable sources: CUDA stages them before returning, so the host staging can be reused
   // by the next piece while this one is still queued.
@@ -222,10 +239,12 @@ absl::Status DeviceModel::Impl::Piece(const int32_t* h_ids, int64_t n, int64_t p
     RETURN_IF_ERROR(WithContext(Layer(layers[l], n, pos0),
                                 absl::StrCat("layer ", layer_begin + static_cast<int64_t>(l))));
   }
-  RETURN_IF_ERROR(NormToBf16(final_norm.data(), n));
-  RETURN_IF_ERROR(
-      Gemm(gemm_in.data(), head.data(), logits.data(), n, config.vocab_size, config.hidden_size));
-  return logits.Download(logits_host, static_cast<size_t>(n) * config.vocab_size, stream.get());
+  if (logits_host == nullptr) return absl::OkStatus();  // A prefill piece before the last.
+  const int64_t rows = last_only ? 1 : n;
+  RETURN_IF_ERROR(NormToBf16(final_norm.data(), rows, n - rows));
+  RETURN_IF_ERROR(Gemm(gemm_in.data(), head.data(), logits.data(), rows, config.vocab_size,
+                       config.hidden_size));
+  return logits.Download(logits_host, static_cast<size_t>(rows) * config.vocab_size, stream.get());
 }
 
 DeviceModel::DeviceModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -254,10 +273,21 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(
                                                  " (must be even and at most ",
                                                  kMemoryAttentionMaxHeadDim, ")"));
   }
+  const bool use_memory = options.memory.uses_memory();
+  if (use_memory) {
+    RETURN_IF_ERROR(options.memory.ValidateForModel(c.rope_theta));
+    if (options.max_blocks < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("device model: max_blocks ", options.max_blocks, " must be >= 0"));
+    }
+  }
   auto impl = std::make_unique<Impl>();
   impl->config = c;
   impl->options = options;
   impl->layer_begin = weights.layer_begin;
+  impl->use_memory = use_memory;
+  impl->piece = use_memory ? std::min<int64_t>(options.max_chunk, options.memory.exc_block_size)
+                           : options.max_chunk;
   ASSIGN_OR_RETURN(impl->stream, CudaStream::Create());
   ASSIGN_OR_RETURN(impl->gemm, GemmLt::Create());
   ASSIGN_OR_RETURN(impl->gemm_workspace,
@@ -273,7 +303,7 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(
   ASSIGN_OR_RETURN(impl->inv_freq, DeviceBuffer<double>::Create(inv_freq.size()));
   RETURN_IF_ERROR(impl->inv_freq.Upload(inv_freq, s));
 
-  const size_t max_tokens = options.max_tokens, chunk = options.max_chunk;
+  const size_t max_tokens = use_memory ? 0 : options.max_tokens, chunk = impl->piece;
   for (const model::LayerWeights& w : weights.layers) {
     DeviceLayer d;
     ASSIGN_OR_RETURN(d.attn_norm, UploadFloat(w.attn_norm, s));
@@ -284,6 +314,14 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(
     ASSIGN_OR_RETURN(d.w2, UploadBf16(w.w2.data(), w.w2.size(), s));
     ASSIGN_OR_RETURN(d.k_cache, DeviceBuffer<float>::Create(max_tokens * kvd));
     ASSIGN_OR_RETURN(d.v_cache, DeviceBuffer<float>::Create(max_tokens * kvd));
+    if (use_memory) {
+      const worker::LayerShape shape{c.num_heads, c.num_kv_heads, c.head_dim};
+      const int32_t layer = weights.layer_begin + static_cast<int32_t>(impl->layers.size());
+      ASSIGN_OR_RETURN(d.memory,
+                       DeviceLayerMemory::Create(options.memory, shape, layer, options.question,
+                                                 options.late_question, impl->inv_freq.data(), s,
+                                                 {.max_blocks = options.max_blocks}));
+    }
     impl->layers.push_back(std::move(d));
   }
 
@@ -293,13 +331,14 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(
   ASSIGN_OR_RETURN(impl->norm, DeviceBuffer<float>::Create(chunk * hd));
   ASSIGN_OR_RETURN(impl->gemm_in, DeviceBuffer<uint16_t>::Create(chunk * std::max({hd, qd, f})));
   ASSIGN_OR_RETURN(impl->q, DeviceBuffer<float>::Create(chunk * qd));
+  ASSIGN_OR_RETURN(impl->qkv, DeviceBuffer<float>::Create(use_memory ? chunk * (qd + 2 * kvd) : 0));
   ASSIGN_OR_RETURN(impl->attn, DeviceBuffer<float>::Create(chunk * qd));
   ASSIGN_OR_RETURN(impl->proj, DeviceBuffer<float>::Create(chunk * hd));
   ASSIGN_OR_RETURN(impl->gate_up, DeviceBuffer<float>::Create(chunk * 2 * f));
   ASSIGN_OR_RETURN(impl->mlp, DeviceBuffer<float>::Create(chunk * f));
   ASSIGN_OR_RETURN(impl->logits, DeviceBuffer<float>::Create(chunk * vocab));
   MemoryAttentionParams sizing;
-  sizing.n = options.max_chunk;
+  sizing.n = impl->piece;
   sizing.heads = c.num_heads;
   ASSIGN_OR_RETURN(
       impl->attn_workspace,
@@ -310,7 +349,16 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(
   return std::unique_ptr<DeviceModel>(new DeviceModel(std::move(impl)));
 }
 
-absl::Status DeviceModel::Forward(const int32_t* ids, int n, int start_pos, float* logits_host) {
+int64_t DeviceModel::MemoryDeviceBytes() const {
+  int64_t bytes = 0;
+  for (const DeviceLayer& l : impl_->layers) {
+    if (l.memory != nullptr) bytes += l.memory->Bytes();
+  }
+  return bytes;
+}
+
+absl::Status DeviceModel::Forward(const int32_t* ids, int n, int start_pos, float* logits_host,
+                                  const ForwardOptions& forward) {
   Impl& m = *impl_;
   if (n <= 0 || ids == nullptr || logits_host == nullptr) {
     return absl::InvalidArgumentError(
@@ -320,7 +368,12 @@ absl::Status DeviceModel::Forward(const int32_t* ids, int n, int start_pos, floa
     return absl::InvalidArgumentError(
         absl::StrCat("device model: start_pos ", start_pos, " outside [0, ", m.position, "]"));
   }
-  if (static_cast<int64_t>(start_pos) + n > m.options.max_tokens) {
+  if (m.use_memory && start_pos != 0 && start_pos != m.position) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device model: the context memory continues at ", m.position,
+                     " or starts a new document at 0; it cannot rewind to ", start_pos));
+  }
+  if (!m.use_memory && static_cast<int64_t>(start_pos) + n > m.options.max_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat("device model: ", start_pos, " + ", n,
                                                      " tokens exceed the KV cache of ",
                                                      m.options.max_tokens));
@@ -334,11 +387,22 @@ absl::Status DeviceModel::Forward(const int32_t* ids, int n, int start_pos, floa
     }
   }
   m.position = start_pos;  // Tokens from start_pos on are overwritten below.
-  const int64_t vocab = m.config.vocab_size;
-  for (int64_t begin = 0; begin < n; begin += m.options.max_chunk) {
-    const int64_t len = std::min<int64_t>(m.options.max_chunk, n - begin);
-    RETURN_IF_ERROR(m.Piece(ids + begin, len, start_pos + begin, logits_host + begin * vocab));
+  if (m.use_memory && start_pos == 0) {
+    for (DeviceLayer& l : m.layers) l.memory->Reset();
   }
+  m.record = forward.record;
+  const int64_t vocab = m.config.vocab_size;
+  for (int64_t begin = 0; begin < n; begin += m.piece) {
+    const int64_t len = std::min<int64_t>(m.piece, n - begin);
+    float* logits = logits_host + begin * vocab;
+    if (forward.last_only) logits = begin + len == n ? logits_host : nullptr;
+    absl::Status s = m.Piece(ids + begin, len, start_pos + begin, logits, forward.last_only);
+    if (!s.ok()) {
+      m.record = nullptr;
+      return s;
+    }
+  }
+  m.record = nullptr;
   RETURN_IF_ERROR(m.stream.Synchronize());
   m.position = static_cast<int64_t>(start_pos) + n;
   return absl::OkStatus();

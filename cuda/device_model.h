@@ -1,30 +1,36 @@
-// A whole-model forward on the device with ordinary causal ("full") attention: the CUDA twin of
-// the CPU engine's full mode (worker::ModelShard::Forward + Logits in a session without a
-// context memory). Weights are uploaded as bf16 and every projection is a bf16 GEMM with fp32
-// accumulation (cuda/gemm_lt.h); activations, norms, RoPE, attention and the residual stream
-// stay in fp32, and each activation is rounded to bf16 only as a GEMM input (cuda/cast.h).
-// The token embedding and the norm weights stay in fp32 (the embedding and RMSNorm ops read
-// fp32 tables), so a bf16 checkpoint's values are used exactly.
+// A whole-model forward on the device: the CUDA twin of the CPU engine's ModelShard::Forward +
+// Logits, in full attention mode (a device KV cache) or with the Q-LLM context memory of every
+// layer on the device (DeviceLayerMemory, cuda/device_layer_memory.h: streaming, infllm or
+// qllm, as DeviceModelOptions::memory says). Weights are uploaded as bf16 and every projection
+// is a bf16 GEMM with fp32 accumulation (cuda/gemm_lt.h); activations, norms, RoPE, attention
+// and the residual stream stay in fp32, and each activation is rounded to bf16 only as a GEMM
+// input (cuda/cast.h). The token embedding and the norm weights stay in fp32 (the embedding and
+// RMSNorm ops read fp32 tables), so a bf16 checkpoint's values are used exactly.
 //
-// Per layer: RMSNorm -> Q, K, V GEMMs (K and V written straight into the layer's device KV
-// cache) -> RoPE (llama3 scaling included) -> causal GQA attention over the cache
-// (LaunchMemoryAttention with the whole sequence as its local window and no global keys) ->
-// o_proj -> residual add -> RMSNorm -> gate/up GEMM -> SwiGLU -> down GEMM -> residual add.
-// Then the final RMSNorm and the LM head (the embedding when tied), logits in fp32.
+// Per layer: RMSNorm -> attention -> o_proj -> residual add -> RMSNorm -> gate/up GEMM ->
+// SwiGLU -> down GEMM -> residual add; then the final RMSNorm and the LM head (the embedding
+// when tied), logits in fp32. Attention in full mode: Q, K, V GEMMs (K and V written straight
+// into the layer's device KV cache) -> RoPE (llama3 scaling included) -> causal GQA attention
+// over the cache (LaunchMemoryAttention with the whole sequence as its local window and no
+// global keys). In the memory modes: one QKV GEMM whose rows go to DeviceLayerMemory::Process,
+// which runs the algorithm's steps on the device (retrieval included) without a host round trip.
 //
-// Written for correctness, not speed: one stream, scalar attention, the logits of every
-// position computed and copied back. CUDA builds only (QLLM_HAVE_CUDA); the header includes no
-// CUDA headers.
+// Written for correctness first: one stream, a scalar attention kernel. CUDA builds only
+// (QLLM_HAVE_CUDA); the header includes no CUDA headers.
 #ifndef QLLM_CUDA_DEVICE_MODEL_H_
 #define QLLM_CUDA_DEVICE_MODEL_H_
 
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "worker/context_memory.h"
+#include "worker/memory_config.h"
 
 namespace qllm::cuda {
 
@@ -37,6 +43,28 @@ struct DeviceModelOptions {
   // this size. Sizes the activation buffers (the logits take max_chunk * vocab floats).
   // Default: 512.
   int64_t max_chunk = 512;
+  // Attention. kFull (the default): ordinary causal attention over a device KV cache of
+  // max_tokens tokens. Any other mode: every layer keeps a Q-LLM context memory on the device
+  // (cuda/device_layer_memory.h) configured by `memory`; Forward then runs pieces of at most
+  // min(max_chunk, exc_block_size) tokens (one retrieval each, as the CPU engine's execution
+  // chunks), max_tokens is not used, and a document is bounded by max_blocks per layer.
+  worker::MemoryConfig memory;
+  // Memory modes: the question span (qllm retrieval) and whether it may end after the sinks
+  // start filling (worker::SessionOptions::late_question).
+  std::optional<worker::QuestionSpan> question;
+  bool late_question = false;
+  // Memory modes: blocks per layer in the device block pool. Default: 1024.
+  int64_t max_blocks = 1024;
+};
+
+// Per-call options of DeviceModel::Forward.
+struct ForwardOptions {
+  // Only the last token's logits are computed and copied (logits_host holds vocab floats):
+  // what prefill needs, and far less work for a long prompt.
+  bool last_only = false;
+  // Memory modes: every layer's selection in every execution chunk is appended here (one
+  // device synchronization per layer and chunk). Ignored in full mode.
+  std::vector<worker::ChunkSelection>* record = nullptr;
 };
 
 // The layers that `weights` holds ([layer_begin, layer_end) as loaded by model::LoadWeights)
@@ -81,7 +109,15 @@ class DeviceModel {
   // UNAVAILABLE on a sticky device error (the caller must stop using this device, see
   // cuda/device.h); UNIMPLEMENTED when cuBLASLt has no algorithm for a projection; INTERNAL
   // otherwise. Messages name the layer where one is involved.
-  absl::Status Forward(const int32_t* ids, int n, int start_pos, float* logits_host);
+  //
+  // Memory modes: start_pos must be position() (continue) or 0 (a new document: every layer's
+  // memory is reset); anything else is INVALID_ARGUMENT, and RESOURCE_EXHAUSTED comes from a
+  // full block pool instead of the KV cache. After an error other than INVALID_ARGUMENT the
+  // memory holds a partial chunk: start again at 0.
+  absl::Status Forward(const int32_t* ids, int n, int start_pos, float* logits_host,
+                       const ForwardOptions& forward = {});
+  // Bytes of device memory held by the layers' context memories (0 in full mode).
+  int64_t MemoryDeviceBytes() const;
 
  private:
   struct Impl;

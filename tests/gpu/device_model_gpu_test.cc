@@ -25,6 +25,8 @@
 #include "tests/testutil/cuda_test_util.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_paths.h"
+#include "worker/block_storage.h"
+#include "worker/memory_config.h"
 #include "worker/model_shard.h"
 
 namespace qllm::cuda {
@@ -227,6 +229,128 @@ INSTANTIATE_TEST_SUITE_P(
                   .max_chunk = 16}),
     [](const ::testing::TestParamInfo<ModelCase>& info) { return info.param.name; });
 
+// The memory modes: the device forward with a Q-LLM context memory in every layer
+// (DeviceLayerMemory) against the CPU engine's session in the same mode, on 240 tokens fed as
+// two calls (exercising several execution chunks each, sinks, dozens of blocks per layer and
+// the question vector). Logit bounds as above. Selections are compared as the blocks each
+// layer's chunk chose: bf16 GEMM inputs perturb the block scores slightly, so a near-tie may
+// flip; at most 10% of the selections may differ. (Not yet run on a GPU: the bound on
+// selections is an estimate.)
+struct MemoryModeCase {
+  std::string name;
+  worker::AttentionMode mode = worker::AttentionMode::kQllm;
+};
+void PrintTo(const MemoryModeCase& c, std::ostream* os) { *os << c.name; }
+
+class DeviceModelMemoryGpuTest : public ::testing::TestWithParam<MemoryModeCase> {};
+
+TEST_P(DeviceModelMemoryGpuTest, LogitsAndSelectionsMatchCpuEngine) {
+  QLLM_SKIP_WITHOUT_CUDA_DEVICE();
+  std::string dir;
+  const ModelCase model{.spec = {.hidden = 96,
+                                 .intermediate = 150,
+                                 .layers = 3,
+                                 .heads = 6,
+                                 .kv_heads = 2,
+                                 .vocab = 301,
+                                 .tied = false,
+                                 .dtype = "BF16"}};
+  ASSERT_OK_AND_ASSIGN(model::ModelWeights weights, MakeWeights(model, &dir));
+  HalveProjections(&weights);
+  const int64_t vocab = weights.config.vocab_size, hidden = weights.config.hidden_size;
+  constexpr int kMemTokens = 240, kFirst = 150;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int32_t> d(0, static_cast<int32_t>(vocab) - 1);
+  std::vector<int32_t> ids(kMemTokens);
+  for (int32_t& id : ids) id = d(rng);
+
+  worker::MemoryConfig memory;
+  memory.mode = GetParam().mode;
+  memory.n_init = 4;
+  memory.n_local = 32;
+  memory.block_size = 8;
+  memory.topk = 3;
+  memory.repr_topk = 2;
+  memory.exc_block_size = 16;
+  const worker::QuestionSpan question{1, 9};
+
+  // CPU engine.
+  const worker::ModelShard shard(weights);
+  worker::InMemoryBlockStorage storage;
+  worker::SessionOptions so;
+  so.memory = memory;
+  so.question = question;
+  so.storage = &storage;
+  so.record_selections = true;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<worker::ShardSession> session, shard.NewSession(so));
+  std::vector<float> cpu(kMemTokens * vocab);
+  for (const auto& [begin, len] : {std::pair{0, kFirst}, std::pair{kFirst, kMemTokens - kFirst}}) {
+    std::vector<float> h(len * hidden);
+    ASSERT_OK(shard.Embed(std::span<const int32_t>(ids).subspan(begin, len), h.data()));
+    ASSERT_OK(shard.Forward(session.get(), h.data(), len));
+    ASSERT_OK(shard.Logits(h.data(), len, cpu.data() + begin * vocab));
+  }
+
+  // Device, pieces of max_chunk 64 cut to exc_block_size 16 as the CPU's execution chunks.
+  ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<DeviceModel> dm,
+      DeviceModel::Create(
+          weights, {.max_chunk = 64, .memory = memory, .question = question, .max_blocks = 64}));
+  EXPECT_GT(dm->MemoryDeviceBytes(), 0);
+  std::vector<float> dev(kMemTokens * vocab);
+  std::vector<worker::ChunkSelection> selections;
+  ASSERT_OK(dm->Forward(ids.data(), kFirst, 0, dev.data(), {.record = &selections}));
+  ASSERT_OK(dm->Forward(ids.data() + kFirst, kMemTokens - kFirst, kFirst,
+                        dev.data() + kFirst * vocab, {.record = &selections}));
+  EXPECT_EQ(dm->position(), kMemTokens);
+
+  double scale = 0.0;
+  for (float x : cpu) scale = std::max(scale, std::abs(static_cast<double>(x)));
+  ASSERT_GT(scale, 0.0);
+  EXPECT_TRUE(AllClose(cpu, dev, kLogitTolerance * scale, 0.0));
+  int agree = 0;
+  for (int t = 0; t < kMemTokens; ++t) {
+    agree += Argmax(std::span<const float>(cpu).subspan(t * vocab, vocab)) ==
+                     Argmax(std::span<const float>(dev).subspan(t * vocab, vocab))
+                 ? 1
+                 : 0;
+  }
+  EXPECT_GE(agree, kMinArgmaxAgreement * kMemTokens) << agree << " of " << kMemTokens;
+
+  const std::vector<worker::ChunkSelection>& want = session->selections();
+  ASSERT_EQ(selections.size(), want.size());
+  int same = 0, with_blocks = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(selections[i].layer, want[i].layer);
+    EXPECT_EQ(selections[i].chunk_begin, want[i].chunk_begin);
+    EXPECT_EQ(selections[i].candidates, want[i].candidates);
+    same += selections[i].blocks == want[i].blocks ? 1 : 0;
+    with_blocks += want[i].blocks.empty() ? 0 : 1;
+  }
+  EXPECT_GT(with_blocks, 20);
+  EXPECT_GE(same, 0.9 * static_cast<double>(want.size())) << same << " of " << want.size();
+  std::cout << GetParam().name << ": " << same << " of " << want.size()
+            << " selections equal, argmax " << agree << " of " << kMemTokens << "\n";
+
+  // last_only: the last token's logits alone, equal to the full run's last row.
+  std::vector<float> last(vocab);
+  ASSERT_OK(dm->Forward(ids.data(), kMemTokens, 0, last.data(), {.last_only = true}));
+  const std::vector<float> dev_last(dev.end() - vocab, dev.end());
+  EXPECT_TRUE(AllClose(dev_last, last, 1e-3 * scale, 0.0));
+  // A memory cannot rewind except to 0.
+  EXPECT_THAT(dm->Forward(ids.data(), 4, 10, last.data(), {.last_only = true}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  std::filesystem::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Modes, DeviceModelMemoryGpuTest,
+    ::testing::Values(MemoryModeCase{.name = "Qllm", .mode = worker::AttentionMode::kQllm},
+                      MemoryModeCase{.name = "Infllm", .mode = worker::AttentionMode::kInfLlm},
+                      MemoryModeCase{.name = "Streaming",
+                                     .mode = worker::AttentionMode::kStreaming}),
+    [](const ::testing::TestParamInfo<MemoryModeCase>& info) { return info.param.name; });
+
 TEST(DeviceModelGpu, ForwardRejectsBadArguments) {
   QLLM_SKIP_WITHOUT_CUDA_DEVICE();
   std::string dir;
@@ -268,6 +392,15 @@ TEST(DeviceModelGpuValidation, CreateRejectsPartialWeightsAndBadOptions) {
   EXPECT_THAT(DeviceModel::Create(all, {.max_tokens = 0}),
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(DeviceModel::Create(all, {.max_chunk = -1}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  worker::MemoryConfig memory;
+  memory.mode = worker::AttentionMode::kQllm;
+  memory.n_local = 64;
+  memory.exc_block_size = 128;  // Above n_local.
+  EXPECT_THAT(DeviceModel::Create(all, {.memory = memory}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  memory.exc_block_size = 64;
+  EXPECT_THAT(DeviceModel::Create(all, {.memory = memory, .max_blocks = -1}),
               StatusIs(absl::StatusCode::kInvalidArgument));
   std::filesystem::remove_all(dir);
 }

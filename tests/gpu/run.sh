@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check in one command: configure and build the CUDA backend in build-gpu, run the
-# GPU parity tests (ctest -L gpu), the GPU op micro-benchmarks (gpu_ops_bench), then a short CPU
-# benchmark for reference, and print a summary table last. Takes about 3-5 minutes on a 16-core
-# H100 machine.
+# GPU parity tests (ctest -L gpu), the GPU op micro-benchmarks (gpu_ops_bench, incl. the bf16
+# GEMM rate), the end-to-end benchmark at Llama-3-8B shapes with the Q-LLM memory on the device
+# (device_model_bench: prefill 32K and 128K, decode at 128K), the PyTorch reference of the
+# same configuration on the same GPU (tools/reference/gpu_bench_ref.py, 32K), then a short CPU
+# benchmark, and print a summary table last. Aimed at under 8 minutes on a 16-core H100
+# machine (not yet run on one).
 #
 #   tests/gpu/run.sh
 #
@@ -12,6 +15,11 @@
 #   JOBS           build parallelism. Default: nproc
 #   RUN_BENCH      0 skips the CPU benchmark. Default: 1
 #   RUN_GPU_BENCH  0 skips the GPU op micro-benchmarks (gpu_ops_bench). Default: 1
+#   RUN_MODEL_BENCH 0 skips device_model_bench. Default: 1
+#   MODEL_BENCH_ARGS  its flags. Default: --layers=32 --lengths=32768,131072 --decode=32
+#   RUN_REF_BENCH  0 skips the PyTorch reference. Default: 1
+#   REF_BENCH_ARGS its flags. Default: --layers=32 --lengths=32768 --decode=8
+#   PYTHON         interpreter with PyTorch (CUDA) for the reference. Default: python3
 #   REQUIRE_GPU    1: fail when the GPU tests skip; 0: allow skipping; default: 1 when
 #                  nvidia-smi lists a GPU, else 0
 #
@@ -25,6 +33,11 @@ CUDA_ARCHS=${CUDA_ARCHS:-90}
 JOBS=${JOBS:-$(nproc)}
 RUN_BENCH=${RUN_BENCH:-1}
 RUN_GPU_BENCH=${RUN_GPU_BENCH:-1}
+RUN_MODEL_BENCH=${RUN_MODEL_BENCH:-1}
+MODEL_BENCH_ARGS=${MODEL_BENCH_ARGS:---layers=32 --lengths=32768,131072 --decode=32}
+RUN_REF_BENCH=${RUN_REF_BENCH:-1}
+REF_BENCH_ARGS=${REF_BENCH_ARGS:---layers 32 --lengths 32768 --decode 8}
+PYTHON=${PYTHON:-python3}
 LOG_DIR=$BUILD_DIR/gpu-run
 START=$SECONDS
 
@@ -98,6 +111,46 @@ if [[ $RUN_GPU_BENCH -eq 1 ]]; then
   fi
 fi
 
+# device_model_bench (built by qllm_gpu_tests): the whole model with the context memory on the
+# device. It exits 0 with a message when no device is usable.
+model_bench_status=skipped
+if [[ $RUN_MODEL_BENCH -eq 1 ]]; then
+  section "end-to-end device benchmark (device_model_bench $MODEL_BENCH_ARGS)"
+  set +e
+  # shellcheck disable=SC2086  # the flags are meant to split
+  timeout 300 "$BUILD_DIR/tests/gpu/device_model_bench" $MODEL_BENCH_ARGS 2>&1 |
+    tee "$LOG_DIR/model_bench.log"
+  model_bench_rc=${PIPESTATUS[0]}
+  set -e
+  model_bench_status=ok
+  if [[ $model_bench_rc -ne 0 ]]; then
+    model_bench_status="FAILED (rc $model_bench_rc, see $LOG_DIR/model_bench.log)"
+  elif ! grep -q '^Device model benchmark:' "$LOG_DIR/model_bench.log"; then
+    model_bench_status="skipped ($(tail -1 "$LOG_DIR/model_bench.log"))"
+  fi
+fi
+
+# The PyTorch reference (tools/reference/qllm_ref.py) at the same shapes and configuration.
+ref_bench_status=skipped
+if [[ $RUN_REF_BENCH -eq 1 ]]; then
+  if "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
+      > /dev/null 2>&1; then
+    section "PyTorch reference on the GPU (gpu_bench_ref.py $REF_BENCH_ARGS)"
+    set +e
+    # shellcheck disable=SC2086
+    PYTHONUNBUFFERED=1 timeout 240 "$PYTHON" "$ROOT/tools/reference/gpu_bench_ref.py" \
+      --device cuda $REF_BENCH_ARGS 2>&1 | tee "$LOG_DIR/ref_bench.log"
+    ref_bench_rc=${PIPESTATUS[0]}
+    set -e
+    ref_bench_status=ok
+    if [[ $ref_bench_rc -ne 0 ]]; then
+      ref_bench_status="FAILED (rc $ref_bench_rc, see $LOG_DIR/ref_bench.log)"
+    fi
+  else
+    ref_bench_status="skipped ($PYTHON has no PyTorch with CUDA)"
+  fi
+fi
+
 bench_status=skipped
 if [[ $RUN_BENCH -eq 1 ]]; then
   section "CPU benchmark (short run)"
@@ -120,6 +173,25 @@ printf '  %-26s %s\n' "GPU tests (ctest -L gpu)" \
 printf '  %-26s %s\n' "GPU op benchmark" "$gpu_bench_status"
 if [[ $gpu_bench_status == ok ]]; then
   sed -n '/^GPU ops benchmark:/,$p' "$LOG_DIR/gpu_bench.log" | sed 's/^/  /'
+fi
+printf '  %-26s %s\n' "device model benchmark" "$model_bench_status"
+if [[ $model_bench_status == ok ]]; then
+  sed -n '/^Device model benchmark:/,$p' "$LOG_DIR/model_bench.log" | sed 's/^/  /'
+fi
+printf '  %-26s %s\n' "PyTorch reference" "$ref_bench_status"
+if [[ $ref_bench_status == ok ]]; then
+  grep -h '^PyTorch reference:' "$LOG_DIR/ref_bench.log" | sed 's/^/  /'
+  # Prefill speed-up over the reference at the lengths both measured.
+  for len in $(grep -o '"prefill_tokens": [0-9]*' "$LOG_DIR/ref_bench.log" | grep -o '[0-9]*$'); do
+    ref=$(grep "\"prefill_tokens\": $len," "$LOG_DIR/ref_bench.log" |
+      grep -o '"prefill_tokens_per_s": [0-9.]*' | grep -o '[0-9.]*$')
+    dev=$(grep "^prefill $len tokens:" "$LOG_DIR/model_bench.log" 2> /dev/null |
+      grep -o '[0-9]* tokens/s' | grep -o '^[0-9]*' || true)
+    if [[ -n $ref && -n $dev ]]; then
+      printf '  %-26s %s\n' "speed-up at $((len / 1024))K" \
+        "$(awk -v d="$dev" -v r="$ref" 'BEGIN { printf "%.1fx (device %d vs reference %.0f tokens/s)", d / r, d, r }')"
+    fi
+  done
 fi
 printf '  %-26s %s\n' "CPU benchmark" "$bench_status"
 if [[ $bench_status == ok ]]; then
