@@ -42,6 +42,10 @@ absl::Status CudaMemoryBackend::Zero(float* d, int64_t count, Stream s) {
   CUDA_RETURN_IF_ERROR(cudaMemsetAsync(d, 0, static_cast<size_t>(count) * sizeof(float), s));
   return absl::OkStatus();
 }
+absl::Status CudaMemoryBackend::CopyToHost(float* host, const float* d, int64_t count, Stream s) {
+  return internal::CopyAsync(host, d, static_cast<size_t>(count) * sizeof(float),
+                             internal::CopyKind::kDeviceToHost, s);
+}
 absl::Status CudaMemoryBackend::Synchronize(Stream s) { return internal::SynchronizeStream(s); }
 
 template class LayerMemoryEngine<CudaMemoryBackend>;

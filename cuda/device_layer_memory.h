@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "cuda/block_topk.h"
 #include "cuda/device.h"
+#include "cuda/device_block_cache.h"
 #include "cuda/layer_memory_engine.h"
 #include "cuda/memory_attention.h"
 #include "cuda/memory_ops.h"
@@ -30,6 +31,7 @@ struct CudaMemoryBackend {
   using Buffer = DeviceBuffer<T>;
   template <typename T>
   using HostBuffer = PinnedHostBuffer<T>;
+  using BlockCache = DeviceBlockCache;
 
   static absl::Status CopyRows(const CopyRowsParams& p, Stream s);
   static absl::Status FillPositions(const FillPositionsParams& p, Stream s);
@@ -45,6 +47,8 @@ struct CudaMemoryBackend {
                                       Stream s);
   // cudaMemsetAsync of count floats to 0.
   static absl::Status Zero(float* d, int64_t count, Stream s);
+  // cudaMemcpyAsync device to host (pageable `host`: returns once the copy is done).
+  static absl::Status CopyToHost(float* host, const float* d, int64_t count, Stream s);
   static absl::Status Synchronize(Stream s);
 };
 

@@ -320,7 +320,9 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(
       ASSIGN_OR_RETURN(d.memory,
                        DeviceLayerMemory::Create(options.memory, shape, layer, options.question,
                                                  options.late_question, impl->inv_freq.data(), s,
-                                                 {.max_blocks = options.max_blocks}));
+                                                 {.max_blocks = options.max_blocks,
+                                                  .storage = options.block_storage,
+                                                  .session = options.session}));
     }
     impl->layers.push_back(std::move(d));
   }
@@ -388,7 +390,7 @@ absl::Status DeviceModel::Forward(const int32_t* ids, int n, int start_pos, floa
   }
   m.position = start_pos;  // Tokens from start_pos on are overwritten below.
   if (m.use_memory && start_pos == 0) {
-    for (DeviceLayer& l : m.layers) l.memory->Reset();
+    for (DeviceLayer& l : m.layers) RETURN_IF_ERROR(l.memory->Reset());
   }
   m.record = forward.record;
   const int64_t vocab = m.config.vocab_size;

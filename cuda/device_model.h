@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "worker/block_storage.h"
 #include "worker/context_memory.h"
 #include "worker/memory_config.h"
 
@@ -53,8 +54,14 @@ struct DeviceModelOptions {
   // start filling (worker::SessionOptions::late_question).
   std::optional<worker::QuestionSpan> question;
   bool late_question = false;
-  // Memory modes: blocks per layer in the device block pool. Default: 1024.
+  // Memory modes: blocks a layer may hold (LayerMemoryEngineOptions::max_blocks). Default: 1024.
   int64_t max_blocks = 1024;
+  // Memory modes: with a storage, blocks are stored there under owner `session` and each layer
+  // keeps memory.max_cached_block of them on the device (the tiered mode of
+  // cuda/layer_memory_engine.h); without, every block stays on the device. Must outlive the
+  // model. Default: null.
+  worker::BlockStorage* block_storage = nullptr;
+  uint64_t session = 0;
 };
 
 // Per-call options of DeviceModel::Forward.

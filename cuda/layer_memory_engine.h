@@ -21,17 +21,30 @@
 // The host only keeps counts (tokens, pending, sinks, blocks), which follow from the chunk sizes
 // alone. Recording the selection (for evidence) is the one step that waits for the backend.
 //
-// Blocks live in a per-layer pool of `max_blocks` blocks in backend memory; a document that needs
-// more fails with RESOURCE_EXHAUSTED. (Spilling cold blocks to the host tier through
-// cuda/device_block_cache.h is not wired in yet.) In streaming mode (topk 0) blocks are cut but
-// nothing is stored, since nothing is ever retrieved.
+// Where blocks live (LayerMemoryEngineOptions::storage):
+//   - pool (no storage): every block stays in a per-layer pool of `max_blocks` blocks in
+//     backend memory and selection never leaves the backend; a document that needs more blocks
+//     fails with RESOURCE_EXHAUSTED.
+//   - tiered (a worker::BlockStorage: host memory or the RocksDB memstore): the algorithm's fast
+//     tier. Each cut block is copied to the host and stored under BlockId{session, layer, b};
+//     backend memory holds a cache of max_cached_block blocks (Backend::BlockCache, LRU). Each
+//     chunk's selection is copied to the host (one wait per layer and chunk), misses are loaded
+//     from the storage and uploaded (on the device: on a copy stream that the compute stream
+//     waits for, overlapping the work already enqueued), and the attention gathers from the
+//     cache slots. Documents are bounded by the storage and by max_blocks representative
+//     vectors, not by the blocks' K and V in device memory.
+// In streaming mode (topk 0) blocks are cut but nothing is stored, since nothing is ever
+// retrieved.
 //
 // A Backend provides Buffer<T> and HostBuffer<T> (static Create(size) -> StatusOr, data(),
 // bytes(); Buffer also Download(host, count, stream)) and static ops with the signatures of the
 // Launch* functions of cuda/memory_ops.h, rope.h, block_topk.h and memory_attention.h:
 // CopyRows, FillPositions, MeanRows, TopMean, GatherBlocks, Rope, BlockTopKWorkspaceBytes,
-// BlockTopK, BlockTopKToHost, MemoryAttention, plus Zero(float*, count, stream) and
-// Synchronize(stream). Not thread-safe.
+// BlockTopK, BlockTopKToHost, MemoryAttention, plus Zero(float*, count, stream),
+// CopyToHost(float* host, const float* src, count, stream), Synchronize(stream), and a
+// BlockCache type with the interface of DeviceBlockCache (cuda/device_block_cache.h: Create,
+// Ensure, Release, d_k, d_v, num_slots). Buffer<int32_t> also has Upload(host, count, stream).
+// Not thread-safe.
 #ifndef QLLM_CUDA_LAYER_MEMORY_ENGINE_H_
 #define QLLM_CUDA_LAYER_MEMORY_ENGINE_H_
 
@@ -40,6 +53,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -47,20 +61,51 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "cuda/block_cache_lru.h"
 #include "cuda/block_topk.h"
+#include "cuda/device_block_cache.h"
 #include "cuda/memory_attention.h"
 #include "cuda/memory_ops.h"
 #include "cuda/rope.h"
 #include "cuda/stream.h"
+#include "worker/block_storage.h"
 #include "worker/context_memory.h"
 #include "worker/memory_config.h"
 
 namespace qllm::cuda {
 
+// Reads a layer's blocks for the block cache from a worker::BlockStorage (BlockKey owner =
+// BlockId session).
+class StorageBlockLoader final : public BlockLoader {
+ public:
+  explicit StorageBlockLoader(worker::BlockStorage* storage) : storage_(storage) {}
+  absl::Status Load(std::span<const BlockKey> keys, size_t floats_per_block, float* h_k,
+                    float* h_v) override {
+    const std::vector<worker::BlockId> ids = Ids(keys);
+    return storage_->MultiGet(ids, floats_per_block, h_k, h_v);
+  }
+  void Prefetch(std::span<const BlockKey> keys) override { storage_->Prefetch(Ids(keys)); }
+
+ private:
+  static std::vector<worker::BlockId> Ids(std::span<const BlockKey> keys) {
+    std::vector<worker::BlockId> ids;
+    ids.reserve(keys.size());
+    for (const BlockKey& k : keys) ids.push_back(worker::BlockId{k.owner, k.layer, k.block});
+    return ids;
+  }
+  worker::BlockStorage* const storage_;
+};
+
 struct LayerMemoryEngineOptions {
-  // Memory blocks the layer's pool holds (each 2 * block_size * kv_dim floats plus a
-  // representative vector of heads * head_dim floats). Default: 1024.
+  // Blocks a layer may hold: their representative vectors (heads * head_dim floats each) are
+  // always in backend memory, and in pool mode their K and V too (2 * block_size * kv_dim
+  // floats each). Default: 1024.
   int64_t max_blocks = 1024;
+  // Tiered mode when set (see the top of this file): where blocks are stored, under owner
+  // `session`; must outlive the memory. The cache holds config.max_cached_block blocks, which
+  // must be at least topk. Default: null (pool mode).
+  worker::BlockStorage* storage = nullptr;
+  uint64_t session = 0;
 };
 
 template <typename Backend>
@@ -95,8 +140,10 @@ class LayerMemoryEngine {
   absl::Status Process(const float* qkv, int64_t stride, int64_t n, int64_t start, float* out,
                        std::vector<worker::ChunkSelection>* record);
 
-  // Forgets every token: the memory is as freshly created (the arrays are kept).
-  void Reset();
+  // Forgets every token: the memory is as freshly created (the arrays are kept). Tiered: the
+  // session's blocks are deleted from the storage and the cache is emptied.
+  // Errors: the storage's, or the backend's when the cache cannot be recreated.
+  absl::Status Reset();
 
   int64_t tokens() const { return end_; }
   int32_t num_blocks() const { return static_cast<int32_t>(block_start_.size()); }
@@ -130,6 +177,8 @@ class LayerMemoryEngine {
     return q.has_value() ? q->end - q->begin : 0;
   }
 
+  // Tiered mode: a fresh, empty block cache (its bytes are counted in Bytes()).
+  absl::Status CreateCache();
   absl::Status AppendPending(const float* qkv, int64_t stride, int64_t n, int64_t start);
   absl::Status Commit();
   absl::Status ComputeQuestionVector();
@@ -157,6 +206,7 @@ class LayerMemoryEngine {
   const int32_t topk_;
   const int64_t pending_rows_;  // Capacity of the pending arrays in rows.
   const int64_t global_rows_;   // Capacity of the chunk's global keys in rows.
+  const bool tiered_;           // Blocks in options_.storage, a cache in backend memory.
 
   std::unique_ptr<Buffers> buf_;
   int64_t init_size_ = 0;
@@ -187,6 +237,11 @@ struct LayerMemoryEngine<Backend>::Buffers {
   HostBuffer<int32_t> h_ids;         // [topk] host copies for the record
   HostBuffer<float> h_scores;        // [topk]
   Buffer<float> attn_workspace;      // MemoryAttentionWorkspaceBytes
+  // Tiered mode: the fast tier, the slots of the selected blocks, and host staging for a cut
+  // block's K and V.
+  std::unique_ptr<typename Backend::BlockCache> cache;
+  Buffer<int32_t> slot_ids;  // [topk]
+  std::vector<float> h_block;
   int64_t bytes = 0;
 };
 
@@ -225,7 +280,9 @@ LayerMemoryEngine<Backend>::LayerMemoryEngine(const worker::MemoryConfig& config
           static_cast<int64_t>(config.n_init) +
           static_cast<int64_t>(config.mode == worker::AttentionMode::kStreaming ? 0 : config.topk) *
               config.block_size +
-          pending_rows_) {}
+          pending_rows_),
+      tiered_(options.storage != nullptr && config.mode != worker::AttentionMode::kStreaming &&
+              config.topk > 0) {}
 
 template <typename Backend>
 LayerMemoryEngine<Backend>::~LayerMemoryEngine() = default;
@@ -268,7 +325,13 @@ absl::StatusOr<std::unique_ptr<LayerMemoryEngine<Backend>>> LayerMemoryEngine<Ba
   auto buf = std::make_unique<Buffers>();
   int64_t* bytes = &buf->bytes;
   const int64_t kvd = m->kv_dim_, qd = m->q_dim_, exc = config.exc_block_size;
+  if (m->tiered_ && config.max_cached_block < config.topk) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer memory: max_cached_block ", config.max_cached_block,
+                     " must be at least topk ", config.topk, " (a chunk pins its selection)"));
+  }
   const int64_t blocks = m->topk_ > 0 ? options.max_blocks : 0;
+  const int64_t pool_blocks = m->tiered_ ? 0 : blocks;
   const int64_t nq = QuestionTokens(question);
   const int64_t pend = m->pending_rows_, glob = m->global_rows_;
   RETURN_IF_ERROR(Alloc(&buf->init_k, config.n_init * kvd, bytes));
@@ -277,8 +340,8 @@ absl::StatusOr<std::unique_ptr<LayerMemoryEngine<Backend>>> LayerMemoryEngine<Ba
   RETURN_IF_ERROR(Alloc(&buf->pkr, pend * kvd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->pv, pend * kvd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->ps, pend * m->heads_, bytes));
-  RETURN_IF_ERROR(Alloc(&buf->pool_k, blocks * config.block_size * kvd, bytes));
-  RETURN_IF_ERROR(Alloc(&buf->pool_v, blocks * config.block_size * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->pool_k, pool_blocks * config.block_size * kvd, bytes));
+  RETURN_IF_ERROR(Alloc(&buf->pool_v, pool_blocks * config.block_size * kvd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->reprs, blocks * qd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->question_q, nq * qd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->question_rot, nq * qd, bytes));
@@ -306,21 +369,46 @@ absl::StatusOr<std::unique_ptr<LayerMemoryEngine<Backend>>> LayerMemoryEngine<Ba
                         static_cast<int64_t>(MemoryAttentionWorkspaceBytes(sizing) / sizeof(float)),
                         bytes));
   m->buf_ = std::move(buf);
+  if (m->tiered_) {
+    RETURN_IF_ERROR(m->CreateCache());
+    RETURN_IF_ERROR(Alloc(&m->buf_->slot_ids, m->topk_, &m->buf_->bytes));
+    m->buf_->h_block.resize(2 * config.block_size * kvd);
+  }
   return m;
 }
 
 template <typename Backend>
-void LayerMemoryEngine<Backend>::Reset() {
+absl::Status LayerMemoryEngine<Backend>::Reset() {
   init_size_ = 0;
   p0_ = end_ = pb_ = 0;
   block_start_.clear();
   has_question_vector_ = false;
   init_ran_ = false;
+  if (!tiered_) return absl::OkStatus();
+  // The cache is keyed by (session, layer, block): a new document's block 0 must not hit the
+  // old one's.
+  buf_->cache.reset();
+  RETURN_IF_ERROR(options_.storage->DeleteSession(options_.session));
+  return CreateCache();
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::CreateCache() {
+  DeviceBlockCacheOptions o;
+  o.num_slots = config_.max_cached_block;
+  o.floats_per_block = static_cast<size_t>(config_.block_size) * kv_dim_;
+  ASSIGN_OR_RETURN(buf_->cache, Backend::BlockCache::Create(o));
+  return absl::OkStatus();
 }
 
 template <typename Backend>
 int64_t LayerMemoryEngine<Backend>::Bytes() const {
-  return buf_->bytes;
+  const int64_t cache = buf_->cache == nullptr
+                            ? 0
+                            : 2 * static_cast<int64_t>(buf_->cache->num_slots()) *
+                                  config_.block_size * kv_dim_ *
+                                  static_cast<int64_t>(sizeof(float));
+  return buf_->bytes + cache;
 }
 
 template <typename Backend>
@@ -415,7 +503,7 @@ absl::Status LayerMemoryEngine<Backend>::Process(const float* qkv, int64_t strid
     t.topk = topk_;
     t.ids = b.ids.data();
     t.scores = b.scores.data();
-    if (record != nullptr) {
+    if (record != nullptr || tiered_) {
       RETURN_IF_ERROR(Backend::BlockTopKToHost(t, b.topk_workspace.data(), b.topk_workspace.bytes(),
                                                b.h_ids.data(), b.h_scores.data(), stream_));
     } else {
@@ -444,10 +532,26 @@ absl::Status LayerMemoryEngine<Backend>::Process(const float* qkv, int64_t strid
     g.ids = b.ids.data();
     g.pool_k = b.pool_k.data();
     g.pool_v = b.pool_v.data();
+    g.num_blocks = num;
+    if (tiered_) {
+      // The selection on the host, its blocks made resident in the cache (misses loaded from
+      // the storage and uploaded), then gathered from their slots.
+      RETURN_IF_ERROR(Backend::Synchronize(stream_));
+      std::vector<BlockKey> keys;
+      for (int64_t i = 0; i < sel; ++i) {
+        keys.push_back(BlockKey{options_.session, layer_, b.h_ids[i]});
+      }
+      StorageBlockLoader loader(options_.storage);
+      ASSIGN_OR_RETURN(const std::vector<int32_t> slots, b.cache->Ensure(keys, &loader, stream_));
+      RETURN_IF_ERROR(b.slot_ids.Upload(slots.data(), slots.size(), stream_));
+      g.ids = b.slot_ids.data();
+      g.pool_k = b.cache->d_k(0);
+      g.pool_v = b.cache->d_v(0);
+      g.num_blocks = b.cache->num_slots();
+    }
     g.dst_k = b.global_k.data() + init_size_ * kv_dim_;
     g.dst_v = b.global_v.data() + init_size_ * kv_dim_;
     g.count = sel;
-    g.num_blocks = num;
     g.block_elems = bs * kv_dim_;
     RETURN_IF_ERROR(Backend::GatherBlocks(g, stream_));
   }
@@ -491,6 +595,9 @@ absl::Status LayerMemoryEngine<Backend>::Process(const float* qkv, int64_t strid
   a.scale = scale_;
   RETURN_IF_ERROR(
       Backend::MemoryAttention(a, b.attn_workspace.data(), b.attn_workspace.bytes(), stream_));
+  // The gathered copies are what the attention read; the slots may be reused once the gather
+  // has run, which Release orders on the stream.
+  if (tiered_ && sel > 0) RETURN_IF_ERROR(b.cache->Release(stream_));
 
   if (record != nullptr) {
     RETURN_IF_ERROR(Backend::Synchronize(stream_));
@@ -651,18 +758,31 @@ absl::Status LayerMemoryEngine<Backend>::CutBlock() {
   if (topk_ > 0) {  // Streaming never retrieves, so it stores nothing.
     if (id >= options_.max_blocks) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("layer ", layer_, ": the block pool holds ", options_.max_blocks,
+          absl::StrCat("layer ", layer_, ": the memory holds at most ", options_.max_blocks,
                        " blocks of ", bs, " tokens; the document needs more (raise max_blocks)"));
     }
     Buffers& b = *buf_;
-    for (auto [src, dst] : {std::pair{pk(0), b.pool_k.data()}, std::pair{pv(0), b.pool_v.data()}}) {
-      RETURN_IF_ERROR(Backend::CopyRows({.src = src,
-                                         .dst = dst + id * bs * kv_dim_,
-                                         .rows = bs,
-                                         .cols = kv_dim_,
-                                         .src_stride = kv_dim_,
-                                         .dst_stride = kv_dim_},
-                                        stream_));
+    if (tiered_) {
+      // To the storage: K and V of the block's rows (dense: pending rows are kv_dim apart).
+      const int64_t fpb = bs * kv_dim_;
+      RETURN_IF_ERROR(Backend::CopyToHost(b.h_block.data(), pk(0), fpb, stream_));
+      RETURN_IF_ERROR(Backend::CopyToHost(b.h_block.data() + fpb, pv(0), fpb, stream_));
+      RETURN_IF_ERROR(Backend::Synchronize(stream_));
+      RETURN_IF_ERROR(
+          options_.storage->Put(worker::BlockId{options_.session, layer_, static_cast<int32_t>(id)},
+                                std::span<const float>(b.h_block.data(), fpb),
+                                std::span<const float>(b.h_block.data() + fpb, fpb)));
+    } else {
+      for (auto [src, dst] :
+           {std::pair{pk(0), b.pool_k.data()}, std::pair{pv(0), b.pool_v.data()}}) {
+        RETURN_IF_ERROR(Backend::CopyRows({.src = src,
+                                           .dst = dst + id * bs * kv_dim_,
+                                           .rows = bs,
+                                           .cols = kv_dim_,
+                                           .src_stride = kv_dim_,
+                                           .dst_stride = kv_dim_},
+                                          stream_));
+      }
     }
     // R_b[h]: mean pre-RoPE key (kv head h / G) of the block's repr_topk highest-scoring tokens.
     TopMeanParams t;

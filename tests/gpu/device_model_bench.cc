@@ -10,7 +10,12 @@
 // ~30 GB of host memory and the device needs ~55 GB at 128K (weights 16 GB in bf16, block pools
 // ~1.1 GB per layer). Exits 0 with a message when no device is usable, 1 when a step fails.
 //
-//   device_model_bench [--layers=N] [--lengths=32768,131072] [--decode=N]
+// --tiered keeps the blocks in host memory (worker::InMemoryBlockStorage) with the paper's
+// max_cached_block = 32 per layer on the device (the tiered mode of
+// cuda/layer_memory_engine.h): the cost of the host tier, and the configuration for documents
+// whose blocks do not fit the device.
+//
+//   device_model_bench [--layers=N] [--lengths=32768,131072] [--decode=N] [--tiered]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -32,6 +37,7 @@
 #include "common/status_macros.h"
 #include "cuda/device_model.h"
 #include "model/weights.h"
+#include "worker/block_storage.h"
 
 namespace qllm::cuda {
 namespace {
@@ -40,6 +46,7 @@ struct Args {
   int layers = 32;
   std::vector<int64_t> lengths = {32768, 131072};
   int decode = 32;
+  bool tiered = false;
 };
 
 model::ModelConfig Llama3_8B(int layers) {
@@ -119,6 +126,7 @@ absl::Status Run(const Args& args) {
   memory.repr_topk = 4;
   memory.exc_block_size = 512;
   memory.question_weight = 4.0f;
+  memory.max_cached_block = 32;
 
   const model::ModelConfig config = Llama3_8B(args.layers);
   auto t0 = std::chrono::steady_clock::now();
@@ -131,6 +139,11 @@ absl::Status Run(const Args& args) {
   options.memory = memory;
   options.question = worker::QuestionSpan{1, 33};
   options.max_blocks = (longest + args.decode) / memory.block_size + 8;
+  worker::InMemoryBlockStorage tier;
+  if (args.tiered) {
+    options.block_storage = &tier;
+    options.session = 1;
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<DeviceModel> dm, DeviceModel::Create(weights, options));
   weights = model::ModelWeights();
   size_t free_b = 0, total_b = 0;
@@ -180,8 +193,10 @@ absl::Status Run(const Args& args) {
   }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  std::printf("Device model benchmark: %s, Llama-3-8B shapes (%d layers), qllm 2K config\n",
-              prop.name, args.layers);
+  std::printf("Device model benchmark: %s, Llama-3-8B shapes (%d layers), qllm 2K config, %s\n",
+              prop.name, args.layers,
+              args.tiered ? "blocks in host memory, 32 per layer cached on the device"
+                          : "blocks on the device");
   for (const std::string& row : table) std::printf("%s\n", row.c_str());
   return absl::OkStatus();
 }
@@ -197,6 +212,8 @@ bool ParseArgs(int argc, char** argv, Args* args) {
       if (!absl::SimpleAtoi(v, &args->layers) || args->layers <= 0) return false;
     } else if (const char* v = value("--decode=")) {
       if (!absl::SimpleAtoi(v, &args->decode) || args->decode < 0) return false;
+    } else if (a == "--tiered") {
+      args->tiered = true;
     } else if (const char* v = value("--lengths=")) {
       args->lengths.clear();
       for (absl::string_view part : absl::StrSplit(v, ',')) {
@@ -219,7 +236,8 @@ int main(int argc, char** argv) {
   qllm::cuda::Args args;
   if (!qllm::cuda::ParseArgs(argc, argv, &args)) {
     std::fprintf(stderr,
-                 "usage: device_model_bench [--layers=N] [--lengths=32768,131072] [--decode=N]\n"
+                 "usage: device_model_bench [--layers=N] [--lengths=32768,131072] [--decode=N] "
+                 "[--tiered]\n"
                  "  (lengths >= 4096 tokens)\n");
     return 2;
   }

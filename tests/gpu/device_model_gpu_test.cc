@@ -239,6 +239,8 @@ INSTANTIATE_TEST_SUITE_P(
 struct MemoryModeCase {
   std::string name;
   worker::AttentionMode mode = worker::AttentionMode::kQllm;
+  // Blocks in a host storage with 4 of them cached on the device (the tiered mode).
+  bool tiered = false;
 };
 void PrintTo(const MemoryModeCase& c, std::ostream* os) { *os << c.name; }
 
@@ -272,6 +274,7 @@ TEST_P(DeviceModelMemoryGpuTest, LogitsAndSelectionsMatchCpuEngine) {
   memory.topk = 3;
   memory.repr_topk = 2;
   memory.exc_block_size = 16;
+  memory.max_cached_block = 4;
   const worker::QuestionSpan question{1, 9};
 
   // CPU engine.
@@ -292,10 +295,15 @@ TEST_P(DeviceModelMemoryGpuTest, LogitsAndSelectionsMatchCpuEngine) {
   }
 
   // Device, pieces of max_chunk 64 cut to exc_block_size 16 as the CPU's execution chunks.
+  worker::InMemoryBlockStorage tier;
   ASSERT_OK_AND_ASSIGN(
       std::unique_ptr<DeviceModel> dm,
-      DeviceModel::Create(
-          weights, {.max_chunk = 64, .memory = memory, .question = question, .max_blocks = 64}));
+      DeviceModel::Create(weights, {.max_chunk = 64,
+                                    .memory = memory,
+                                    .question = question,
+                                    .max_blocks = 64,
+                                    .block_storage = GetParam().tiered ? &tier : nullptr,
+                                    .session = 77}));
   EXPECT_GT(dm->MemoryDeviceBytes(), 0);
   std::vector<float> dev(kMemTokens * vocab);
   std::vector<worker::ChunkSelection> selections;
@@ -328,6 +336,7 @@ TEST_P(DeviceModelMemoryGpuTest, LogitsAndSelectionsMatchCpuEngine) {
     with_blocks += want[i].blocks.empty() ? 0 : 1;
   }
   EXPECT_GT(with_blocks, 20);
+  EXPECT_EQ(tier.num_blocks() > 60u, GetParam().tiered);  // 3 layers x ~25 blocks, or none.
   EXPECT_GE(same, 0.9 * static_cast<double>(want.size())) << same << " of " << want.size();
   std::cout << GetParam().name << ": " << same << " of " << want.size()
             << " selections equal, argmax " << agree << " of " << kMemTokens << "\n";
@@ -347,6 +356,7 @@ INSTANTIATE_TEST_SUITE_P(
     Modes, DeviceModelMemoryGpuTest,
     ::testing::Values(MemoryModeCase{.name = "Qllm", .mode = worker::AttentionMode::kQllm},
                       MemoryModeCase{.name = "Infllm", .mode = worker::AttentionMode::kInfLlm},
+                      MemoryModeCase{.name = "QllmTiered", .tiered = true},
                       MemoryModeCase{.name = "Streaming",
                                      .mode = worker::AttentionMode::kStreaming}),
     [](const ::testing::TestParamInfo<MemoryModeCase>& info) { return info.param.name; });

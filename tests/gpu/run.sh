@@ -17,6 +17,8 @@
 #   RUN_GPU_BENCH  0 skips the GPU op micro-benchmarks (gpu_ops_bench). Default: 1
 #   RUN_MODEL_BENCH 0 skips device_model_bench. Default: 1
 #   MODEL_BENCH_ARGS  its flags. Default: --layers=32 --lengths=32768,131072 --decode=32
+#   TIERED_BENCH_ARGS flags of a second run with the blocks in host memory, empty to skip.
+#                  Default: --tiered --layers=32 --lengths=32768 --decode=16
 #   RUN_REF_BENCH  0 skips the PyTorch reference. Default: 1
 #   REF_BENCH_ARGS its flags. Default: --layers=32 --lengths=32768 --decode=8
 #   PYTHON         interpreter with PyTorch (CUDA) for the reference. Default: python3
@@ -35,6 +37,7 @@ RUN_BENCH=${RUN_BENCH:-1}
 RUN_GPU_BENCH=${RUN_GPU_BENCH:-1}
 RUN_MODEL_BENCH=${RUN_MODEL_BENCH:-1}
 MODEL_BENCH_ARGS=${MODEL_BENCH_ARGS:---layers=32 --lengths=32768,131072 --decode=32}
+TIERED_BENCH_ARGS=${TIERED_BENCH_ARGS---tiered --layers=32 --lengths=32768 --decode=16}
 RUN_REF_BENCH=${RUN_REF_BENCH:-1}
 REF_BENCH_ARGS=${REF_BENCH_ARGS:---layers 32 --lengths 32768 --decode 8}
 PYTHON=${PYTHON:-python3}
@@ -114,6 +117,7 @@ fi
 # device_model_bench (built by qllm_gpu_tests): the whole model with the context memory on the
 # device. It exits 0 with a message when no device is usable.
 model_bench_status=skipped
+rm -f "$LOG_DIR/model_bench.log" "$LOG_DIR/model_bench_tiered.log" "$LOG_DIR/ref_bench.log"
 if [[ $RUN_MODEL_BENCH -eq 1 ]]; then
   section "end-to-end device benchmark (device_model_bench $MODEL_BENCH_ARGS)"
   set +e
@@ -125,8 +129,18 @@ if [[ $RUN_MODEL_BENCH -eq 1 ]]; then
   model_bench_status=ok
   if [[ $model_bench_rc -ne 0 ]]; then
     model_bench_status="FAILED (rc $model_bench_rc, see $LOG_DIR/model_bench.log)"
-  elif ! grep -q '^Device model benchmark:' "$LOG_DIR/model_bench.log"; then
+    elif ! grep -q '^Device model benchmark:' "$LOG_DIR/model_bench.log"; then
     model_bench_status="skipped ($(tail -1 "$LOG_DIR/model_bench.log"))"
+  fi
+  if [[ $model_bench_status == ok && -n $TIERED_BENCH_ARGS ]]; then
+    section "end-to-end device benchmark, host tier (device_model_bench $TIERED_BENCH_ARGS)"
+    set +e
+    # shellcheck disable=SC2086
+    timeout 200 "$BUILD_DIR/tests/gpu/device_model_bench" $TIERED_BENCH_ARGS 2>&1 |
+      tee "$LOG_DIR/model_bench_tiered.log"
+    tiered_rc=${PIPESTATUS[0]}
+    set -e
+    [[ $tiered_rc -eq 0 ]] || model_bench_status="ok; host-tier run FAILED (rc $tiered_rc)"
   fi
 fi
 
@@ -175,8 +189,11 @@ if [[ $gpu_bench_status == ok ]]; then
   sed -n '/^GPU ops benchmark:/,$p' "$LOG_DIR/gpu_bench.log" | sed 's/^/  /'
 fi
 printf '  %-26s %s\n' "device model benchmark" "$model_bench_status"
-if [[ $model_bench_status == ok ]]; then
+if [[ $model_bench_status == ok* ]]; then
   sed -n '/^Device model benchmark:/,$p' "$LOG_DIR/model_bench.log" | sed 's/^/  /'
+  if [[ -f $LOG_DIR/model_bench_tiered.log ]]; then
+    sed -n '/^Device model benchmark:/,$p' "$LOG_DIR/model_bench_tiered.log" | sed 's/^/  /'
+  fi
 fi
 printf '  %-26s %s\n' "PyTorch reference" "$ref_bench_status"
 if [[ $ref_bench_status == ok ]]; then

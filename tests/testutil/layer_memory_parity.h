@@ -57,18 +57,24 @@ struct MemoryCase {
   worker::AttentionMode mode = worker::AttentionMode::kQllm;
   std::optional<worker::QuestionSpan> question;
   bool late_question = false;
+  // The engine's tiered mode: blocks in an InMemoryBlockStorage, a cache of 4 blocks (topk 3,
+  // so most chunks miss and evict).
+  bool tiered = false;
 };
 
 inline void PrintTo(const MemoryCase& c, std::ostream* os) { *os << c.name; }
 
 // qllm with an early and a late question, infllm, streaming.
 inline std::vector<MemoryCase> ParityCases() {
-  return {MemoryCase{.name = "QllmEarlyQuestion", .question = worker::QuestionSpan{2, 9}},
-          MemoryCase{.name = "QllmLateQuestion",
-                     .question = worker::QuestionSpan{150, 161},
-                     .late_question = true},
-          MemoryCase{.name = "Infllm", .mode = worker::AttentionMode::kInfLlm},
-          MemoryCase{.name = "Streaming", .mode = worker::AttentionMode::kStreaming}};
+  return {
+      MemoryCase{.name = "QllmEarlyQuestion", .question = worker::QuestionSpan{2, 9}},
+      MemoryCase{.name = "QllmLateQuestion",
+                 .question = worker::QuestionSpan{150, 161},
+                 .late_question = true},
+      MemoryCase{.name = "Infllm", .mode = worker::AttentionMode::kInfLlm},
+      MemoryCase{.name = "QllmTiered", .question = worker::QuestionSpan{2, 9}, .tiered = true},
+      MemoryCase{.name = "InfllmTiered", .mode = worker::AttentionMode::kInfLlm, .tiered = true},
+      MemoryCase{.name = "Streaming", .mode = worker::AttentionMode::kStreaming}};
 }
 
 // Chunk sizes in [1, exc] summing to `tokens`.
@@ -105,7 +111,8 @@ inline ::testing::AssertionResult Near(std::span<const float> want, std::span<co
 // block starts, scores within `tolerance`, the same counts; the question vectors at the end.
 template <typename Engine, typename Io>
 void ExpectMatchesLayerMemory(const MemoryCase& c, Io* io, double tolerance) {
-  const worker::MemoryConfig config = ParityConfig(c.mode);
+  worker::MemoryConfig config = ParityConfig(c.mode);
+  config.max_cached_block = 4;
   constexpr int64_t kTokens = 300;  // About 33 blocks of 8 beyond sinks and window.
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
@@ -117,9 +124,15 @@ void ExpectMatchesLayerMemory(const MemoryCase& c, Io* io, double tolerance) {
   worker::InMemoryBlockStorage storage;
   worker::LayerMemory cpu(config, kParityShape, /*layer=*/1, /*session=*/5, c.question,
                           c.late_question, &storage, inv_freq.data());
+  worker::InMemoryBlockStorage tier;
+  cuda::LayerMemoryEngineOptions options{.max_blocks = 64};
+  if (c.tiered) {
+    options.storage = &tier;
+    options.session = 9;
+  }
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> eng,
                        Engine::Create(config, kParityShape, 1, c.question, c.late_question,
-                                      io->inv_freq(), io->stream(), {.max_blocks = 64}));
+                                      io->inv_freq(), io->stream(), options));
   const float* d_qkv = io->Upload(qkv);
   float* d_out = io->Alloc(config.exc_block_size * kParityQDim);
 
@@ -153,6 +166,7 @@ void ExpectMatchesLayerMemory(const MemoryCase& c, Io* io, double tolerance) {
     start += n;
   }
   EXPECT_GT(cpu.num_blocks(), 25);
+  EXPECT_EQ(tier.num_blocks(), c.tiered ? static_cast<size_t>(cpu.num_blocks()) : 0u);
   if (c.mode == worker::AttentionMode::kStreaming) {
     EXPECT_EQ(chunks_with_blocks, 0);
   } else {
@@ -185,6 +199,12 @@ void ExpectRejectsBadArgumentsAndAFullPool(Io* io) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(Engine::Create(config, kParityShape, 0, std::nullopt, false, nullptr, io->stream()),
               StatusIs(absl::StatusCode::kInvalidArgument));
+  worker::InMemoryBlockStorage tier;
+  worker::MemoryConfig small_cache = config;
+  small_cache.max_cached_block = config.topk - 1;  // A chunk's selection would not fit.
+  EXPECT_THAT(Engine::Create(small_cache, kParityShape, 0, std::nullopt, false, io->inv_freq(),
+                             io->stream(), {.storage = &tier}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> eng,
                        Engine::Create(config, kParityShape, 0, std::nullopt, false, io->inv_freq(),
@@ -212,11 +232,27 @@ void ExpectRejectsBadArgumentsAndAFullPool(Io* io) {
   EXPECT_THAT(s, StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_EQ(start, 64);
   EXPECT_EQ(eng->num_blocks(), 2);
-  eng->Reset();
+  EXPECT_OK(eng->Reset());
   EXPECT_EQ(eng->tokens(), 0);
   EXPECT_EQ(eng->num_blocks(), 0);
   EXPECT_OK(eng->Process(qkv, kParityWidth, 16, 0, out, nullptr));
   EXPECT_EQ(eng->tokens(), 16);
+  io->Download(out, 16 * kParityQDim);
+
+  // Tiered: Reset deletes the session's blocks from the storage.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> tiered,
+                       Engine::Create(config, kParityShape, 0, std::nullopt, false, io->inv_freq(),
+                                      io->stream(), {.storage = &tier, .session = 3}));
+  for (start = 0; start < kTokens; start += 16) {
+    ASSERT_OK(tiered->Process(qkv + start * kParityWidth, kParityWidth, 16, start, out, nullptr));
+  }
+  // 80 tokens: 4 sinks, 5 blocks of 8, 36 pending (a block is cut once 8 + 32 are pending).
+  EXPECT_EQ(tiered->num_blocks(), 5);
+  EXPECT_EQ(tiered->pending_size(), 36);
+  EXPECT_EQ(tier.num_blocks(), 5u);
+  EXPECT_OK(tiered->Reset());
+  EXPECT_EQ(tier.num_blocks(), 0u);
+  EXPECT_OK(tiered->Process(qkv, kParityWidth, 16, 0, out, nullptr));
   io->Download(out, 16 * kParityQDim);
 }
 
