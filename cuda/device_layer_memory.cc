@@ -2,7 +2,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include <memory>
+
 #include "cuda/cuda_check.h"
+#include "cuda/memory_attention_gemm.h"
 
 namespace qllm::cuda {
 
@@ -35,7 +38,14 @@ absl::Status CudaMemoryBackend::BlockTopKToHost(const BlockTopKParams& p, void* 
 }
 absl::Status CudaMemoryBackend::MemoryAttention(const MemoryAttentionParams& p, void* ws,
                                                 size_t ws_bytes, Stream s) {
-  return LaunchMemoryAttention(p, ws, ws_bytes, s);
+  if (p.n < kGemmAttentionMinQueries) return LaunchMemoryAttention(p, ws, ws_bytes, s);
+  // One SGEMM path per thread: the layers of a model run one after another on one thread, so
+  // they share its cuBLAS handle and score workspace.
+  thread_local std::unique_ptr<MemoryAttentionGemm> gemm;
+  if (gemm == nullptr) {
+    ASSIGN_OR_RETURN(gemm, MemoryAttentionGemm::Create());
+  }
+  return gemm->Launch(p, s);
 }
 absl::Status CudaMemoryBackend::Zero(float* d, int64_t count, Stream s) {
   if (count <= 0) return absl::OkStatus();

@@ -1,4 +1,5 @@
-// LaunchMemoryAttention against its CPU twin MemoryAttentionRef over a sweep of shapes (head
+// LaunchMemoryAttention and the SGEMM path MemoryAttentionGemm (cuda/memory_attention_gemm.h)
+// against their CPU twin MemoryAttentionRef over a sweep of shapes (head
 // dims incl. an odd 40, decode and chunks, windows up to 512 keys, up to 1000 global keys
 // with some pending-global positions), outputs and accumulated local scores, plus the
 // determinism of the local-score pass and the launcher's validation.
@@ -7,14 +8,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "cuda/device.h"
 #include "cuda/memory_attention.h"
+#include "cuda/memory_attention_gemm.h"
 #include "tests/testutil/cuda_test_util.h"
 #include "tests/testutil/status_matchers.h"
 
@@ -95,7 +99,10 @@ class MemoryAttentionGpuTest : public ::testing::Test {
   }
 
   // Runs the device op on `pr`; returns out and the accumulated local scores.
-  void Device(const Problem& pr, std::vector<float>* out, std::vector<float>* scores) {
+  // The scalar kernel (LaunchMemoryAttention), or with `gemm` the SGEMM path
+  // (cuda/memory_attention_gemm.h).
+  void Device(const Problem& pr, std::vector<float>* out, std::vector<float>* scores,
+              bool gemm = false) {
     auto upload = [&](const auto& host) {
       using T = typename std::decay_t<decltype(host)>::value_type;
       absl::StatusOr<DeviceBuffer<T>> buf = DeviceBuffer<T>::Create(host.size());
@@ -124,7 +131,13 @@ class MemoryAttentionGpuTest : public ::testing::Test {
     p.global_pos = d_pos.data();
     const size_t ws_bytes = MemoryAttentionWorkspaceBytes(p);
     ASSERT_OK_AND_ASSIGN(auto d_ws, DeviceBuffer<char>::Create(ws_bytes));
-    ASSERT_OK(LaunchMemoryAttention(p, d_ws.data(), ws_bytes, stream_.get()));
+    if (gemm) {
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<MemoryAttentionGemm> g, MemoryAttentionGemm::Create());
+      ASSERT_OK(g->Launch(p, stream_.get()));
+      ASSERT_OK(stream_.Synchronize());  // Before g (and its workspace) goes away.
+    } else {
+      ASSERT_OK(LaunchMemoryAttention(p, d_ws.data(), ws_bytes, stream_.get()));
+    }
     ASSERT_OK_AND_ASSIGN(*out, d_out.ToHost(stream_.get()));
     ASSERT_OK_AND_ASSIGN(*scores, d_scores.ToHost(stream_.get()));
   }
@@ -138,7 +151,10 @@ void Ref(const Problem& pr, std::vector<float>* out, std::vector<float>* scores)
   ASSERT_OK(MemoryAttentionRef(pr.Host(out->data(), scores->data())));
 }
 
-TEST_F(MemoryAttentionGpuTest, MatchesRefOverShapes) {
+class MemoryAttentionPathTest : public MemoryAttentionGpuTest,
+                                public ::testing::WithParamInterface<bool> {};
+
+TEST_P(MemoryAttentionPathTest, MatchesRefOverShapes) {
   uint32_t seed = 1;
   for (int64_t d : {32, 40, 64, 128}) {
     for (int64_t n : {1, 7, 64}) {
@@ -154,7 +170,7 @@ TEST_F(MemoryAttentionGpuTest, MatchesRefOverShapes) {
         const Problem pr = MakeProblem(s, seed++);
         std::vector<float> want_out, want_scores, out, scores;
         ASSERT_NO_FATAL_FAILURE(Ref(pr, &want_out, &want_scores));
-        ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores));
+        ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores, GetParam()));
         EXPECT_TRUE(AllClose(want_out, out, 1e-5, 1e-4));
         EXPECT_TRUE(AllClose(want_scores, scores, 1e-5, 1e-4));
       }
@@ -162,23 +178,32 @@ TEST_F(MemoryAttentionGpuTest, MatchesRefOverShapes) {
   }
 }
 
+INSTANTIATE_TEST_SUITE_P(Paths, MemoryAttentionPathTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? std::string("Gemm") : std::string("Scalar");
+                         });
+
 TEST_F(MemoryAttentionGpuTest, QueriesWithoutVisibleKeysGetZero) {
   // The window lies after the queries and no global key is old enough.
   Problem pr = MakeProblem({4, 16, 5, 8, 6, 2, 64, 5}, 99);
   pr.start = pr.local_first - 10;
   std::vector<float> out, scores;
-  ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores));
-  EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](float x) { return x == 0.0f; }));
-  EXPECT_EQ(scores, pr.scores);
+  for (bool gemm : {false, true}) {
+    ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores, gemm));
+    EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](float x) { return x == 0.0f; }));
+    EXPECT_EQ(scores, pr.scores);
+  }
 }
 
 TEST_F(MemoryAttentionGpuTest, LocalScoresAreDeterministic) {
   const Problem pr = MakeProblem({64, 512, 300, 128, 6, 2, 128, 100}, 7);
   std::vector<float> out1, scores1, out2, scores2;
-  ASSERT_NO_FATAL_FAILURE(Device(pr, &out1, &scores1));
-  ASSERT_NO_FATAL_FAILURE(Device(pr, &out2, &scores2));
-  EXPECT_EQ(out1, out2);
-  EXPECT_EQ(scores1, scores2);
+  for (bool gemm : {false, true}) {
+    ASSERT_NO_FATAL_FAILURE(Device(pr, &out1, &scores1, gemm));
+    ASSERT_NO_FATAL_FAILURE(Device(pr, &out2, &scores2, gemm));
+    EXPECT_EQ(out1, out2);
+    EXPECT_EQ(scores1, scores2);
+  }
 }
 
 // Validation and empty chunks never touch the device, so these run without a GPU too.
