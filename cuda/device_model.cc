@@ -19,6 +19,7 @@
 #include "cuda/rmsnorm.h"
 #include "cuda/rope.h"
 #include "cuda/rope_model.h"
+#include "cuda/sampling.h"
 #include "cuda/swiglu.h"
 
 namespace qllm::cuda {
@@ -96,6 +97,9 @@ struct DeviceModel::Impl {
   DeviceBuffer<float> mlp;          // [n, intermediate]
   DeviceBuffer<float> logits;       // [n, vocab]
   DeviceBuffer<float> attn_workspace;
+  DeviceBuffer<uint8_t> sample_workspace;  // SampleWorkspaceBytes(vocab)
+  DeviceBuffer<int32_t> token;             // [1] the sampled token
+
   std::vector<int64_t> h_positions;  // Host staging of `positions`.
 
   // c[m, n] = a[m, k] . b[n, k]^T with bf16 inputs and fp32 output, all dense.
@@ -108,10 +112,12 @@ struct DeviceModel::Impl {
   absl::Status Attention(const DeviceLayer& layer, int64_t n, int64_t pos0);
   absl::Status MemoryAttention(DeviceLayer& layer, int64_t n, int64_t pos0);
   absl::Status Layer(DeviceLayer& layer, int64_t n, int64_t pos0);
-  // Runs n <= piece tokens at pos0 .. pos0 + n - 1 and enqueues the copy of their logits into
-  // logits_host, or with `last_only` of the last token's logits only.
-  absl::Status Piece(const int32_t* h_ids, int64_t n, int64_t pos0, float* logits_host,
-                     bool last_only);
+  // Runs n <= piece tokens at pos0 .. pos0 + n - 1; with head_out also the head, enqueueing
+  // the copy of their logits into logits_host (if not null), or with `last_only` of the last
+  // token's logits only, and with `sample` the sampled token into *token_host.
+  absl::Status Piece(const int32_t* h_ids, int64_t n, int64_t pos0, bool head_out,
+                     float* logits_host, bool last_only, const DeviceSampling* sample,
+                     int32_t* token_host);
 };
 
 absl::Status DeviceModel::Impl::Gemm(const uint16_t* a, const uint16_t* b, float* c, int64_t m,
@@ -220,8 +226,9 @@ absl::Status DeviceModel::Impl::Layer(DeviceLayer& layer, int64_t n, int64_t pos
   return LaunchAdd({.x = proj.data(), .y = hidden.data(), .n = n * hd}, stream.get());
 }
 
-absl::Status DeviceModel::Impl::Piece(const int32_t* h_ids, int64_t n, int64_t pos0,
-                                      float* logits_host, bool last_only) {
+absl::Status DeviceModel::Impl::Piece(const int32_t* h_ids, int64_t n, int64_t pos0, bool head_out,
+                                      float* logits_host, bool last_only,
+                                      const DeviceSampling* sample, int32_t* token_host) {
   for (int64_t i = 0; i < n; ++i) h_positions[i] = pos0 + i;
   // Pageable sources: CUDA stages them before returning, so the host staging can be reused
   // by the next piece while this one is still queued.
@@ -239,11 +246,25 @@ absl::Status DeviceModel::Impl::Piece(const int32_t* h_ids, int64_t n, int64_t p
     RETURN_IF_ERROR(WithContext(Layer(layers[l], n, pos0),
                                 absl::StrCat("layer ", layer_begin + static_cast<int64_t>(l))));
   }
-  if (logits_host == nullptr) return absl::OkStatus();  // A prefill piece before the last.
+  if (!head_out) return absl::OkStatus();  // A prefill piece before the last.
   const int64_t rows = last_only ? 1 : n;
   RETURN_IF_ERROR(NormToBf16(final_norm.data(), rows, n - rows));
   RETURN_IF_ERROR(Gemm(gemm_in.data(), head.data(), logits.data(), rows, config.vocab_size,
                        config.hidden_size));
+  if (sample != nullptr) {
+    SampleParams p;
+    p.logits = logits.data() + (rows - 1) * config.vocab_size;
+    p.vocab = config.vocab_size;
+    p.temperature = sample->temperature;
+    p.top_k = sample->top_k;
+    p.top_p = sample->top_p;
+    p.u01 = sample->u01;
+    p.out = token.data();
+    RETURN_IF_ERROR(
+        LaunchSample(p, sample_workspace.data(), sample_workspace.bytes(), stream.get()));
+    RETURN_IF_ERROR(token.Download(token_host, 1, stream.get()));
+  }
+  if (logits_host == nullptr) return absl::OkStatus();
   return logits.Download(logits_host, static_cast<size_t>(rows) * config.vocab_size, stream.get());
 }
 
@@ -345,6 +366,9 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(
   ASSIGN_OR_RETURN(
       impl->attn_workspace,
       DeviceBuffer<float>::Create(MemoryAttentionWorkspaceBytes(sizing) / sizeof(float)));
+  ASSIGN_OR_RETURN(const size_t sample_bytes, SampleWorkspaceBytes(c.vocab_size));
+  ASSIGN_OR_RETURN(impl->sample_workspace, DeviceBuffer<uint8_t>::Create(sample_bytes));
+  ASSIGN_OR_RETURN(impl->token, DeviceBuffer<int32_t>::Create(1));
   impl->h_positions.resize(chunk);
   // The uploads are complete (and their errors seen) before the model is handed out.
   RETURN_IF_ERROR(impl->stream.Synchronize());
@@ -362,9 +386,24 @@ int64_t DeviceModel::MemoryDeviceBytes() const {
 absl::Status DeviceModel::Forward(const int32_t* ids, int n, int start_pos, float* logits_host,
                                   const ForwardOptions& forward) {
   Impl& m = *impl_;
-  if (n <= 0 || ids == nullptr || logits_host == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("device model: forward of ", n, " tokens needs ids and logits"));
+  const bool sampling = forward.sample != nullptr;
+  if (n <= 0 || ids == nullptr || (logits_host == nullptr && !sampling) ||
+      (sampling && forward.sample_token == nullptr)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device model: forward of ", n, " tokens needs ids and logits (or a sampled token)"));
+  }
+  if (sampling) {
+    // The settings checked before any work (the logits pointer is set per piece).
+    const float no_logits = 0.0f;
+    SampleParams check;
+    check.logits = &no_logits;
+    check.out = forward.sample_token;
+    check.vocab = m.config.vocab_size;
+    check.temperature = forward.sample->temperature;
+    check.top_k = forward.sample->top_k;
+    check.top_p = forward.sample->top_p;
+    check.u01 = forward.sample->u01;
+    RETURN_IF_ERROR(check.Validate());
   }
   if (start_pos < 0 || start_pos > m.position) {
     return absl::InvalidArgumentError(
@@ -394,11 +433,14 @@ absl::Status DeviceModel::Forward(const int32_t* ids, int n, int start_pos, floa
   }
   m.record = forward.record;
   const int64_t vocab = m.config.vocab_size;
+  const bool last_only = forward.last_only || sampling;
   for (int64_t begin = 0; begin < n; begin += m.piece) {
     const int64_t len = std::min<int64_t>(m.piece, n - begin);
-    float* logits = logits_host + begin * vocab;
-    if (forward.last_only) logits = begin + len == n ? logits_host : nullptr;
-    absl::Status s = m.Piece(ids + begin, len, start_pos + begin, logits, forward.last_only);
+    const bool final = begin + len == n;
+    float* logits = logits_host == nullptr ? nullptr : logits_host + begin * vocab;
+    if (last_only) logits = final ? logits_host : nullptr;
+    absl::Status s = m.Piece(ids + begin, len, start_pos + begin, !last_only || final, logits,
+                             last_only, final ? forward.sample : nullptr, forward.sample_token);
     if (!s.ok()) {
       m.record = nullptr;
       return s;

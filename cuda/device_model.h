@@ -64,6 +64,15 @@ struct DeviceModelOptions {
   uint64_t session = 0;
 };
 
+// Token sampling on the device (cuda/sampling.h), the arguments of model::Sampler with the draw
+// taken on the host (Sampler::NextUniform(); unused when greedy).
+struct DeviceSampling {
+  float temperature = 0.0f;  // 0: greedy
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  double u01 = 0.0;
+};
+
 // Per-call options of DeviceModel::Forward.
 struct ForwardOptions {
   // Only the last token's logits are computed and copied (logits_host holds vocab floats):
@@ -72,6 +81,11 @@ struct ForwardOptions {
   // Memory modes: every layer's selection in every execution chunk is appended here (one
   // device synchronization per layer and chunk). Ignored in full mode.
   std::vector<worker::ChunkSelection>* record = nullptr;
+  // When set: the next token is sampled on the device from the last token's logits and written
+  // to *sample_token (only it comes back; implies last_only). logits_host may then be null, or
+  // receives the last row as well.
+  const DeviceSampling* sample = nullptr;
+  int32_t* sample_token = nullptr;
 };
 
 // The layers that `weights` holds ([layer_begin, layer_end) as loaded by model::LoadWeights)

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 
@@ -23,6 +25,11 @@ absl::Status SamplingOptions::Validate(int32_t vocab_size) const {
 }
 
 Sampler::Sampler(const SamplingOptions& options) : options_(options), rng_(options.seed) {}
+
+double Sampler::NextUniform() {
+  // What uniform_real_distribution<double>(0, total) draws before scaling by total.
+  return std::generate_canonical<double, std::numeric_limits<double>::digits>(rng_);
+}
 
 int32_t Argmax(const float* logits, int32_t vocab) {
   int32_t best = 0;

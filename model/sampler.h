@@ -34,6 +34,11 @@ class Sampler {
   // Returns the next token for `logits[0..vocab)`.
   int32_t Sample(const float* logits, int32_t vocab);
 
+  // The draw Sample makes for a non-greedy token, in [0, 1): Sample(logits) on a sampler equals
+  // the token cuda::SampleRef (cuda/sampling.h) picks with u01 = NextUniform() of a sampler with
+  // the same seed and history. For token streams sampled on the device.
+  double NextUniform();
+
  private:
   const SamplingOptions options_;
   std::mt19937_64 rng_;

@@ -173,11 +173,15 @@ absl::Status Run(const Args& args) {
         "  %-34s %10.0f tokens/s  (%.2f s)",
         absl::StrFormat("prefill %lldK", static_cast<long long>(len / 1024)), len / s, s));
     if (len != longest) continue;
+    // Greedy decoding with the token sampled on the device: each step feeds back the token
+    // the previous one produced, and only that token comes to the host.
     std::vector<double> ms;
+    const DeviceSampling greedy;
+    int32_t token = ids[len];
     for (int i = 0; i < args.decode; ++i) {
       t0 = std::chrono::steady_clock::now();
-      RETURN_IF_ERROR(dm->Forward(ids.data() + len + i, 1, static_cast<int>(len + i), logits.data(),
-                                  {.last_only = true}));
+      RETURN_IF_ERROR(dm->Forward(&token, 1, static_cast<int>(len + i), nullptr,
+                                  {.sample = &greedy, .sample_token = &token}));
       ms.push_back(Seconds(t0) * 1e3);
     }
     if (!ms.empty()) {

@@ -346,6 +346,12 @@ TEST_P(DeviceModelMemoryGpuTest, LogitsAndSelectionsMatchCpuEngine) {
   ASSERT_OK(dm->Forward(ids.data(), kMemTokens, 0, last.data(), {.last_only = true}));
   const std::vector<float> dev_last(dev.end() - vocab, dev.end());
   EXPECT_TRUE(AllClose(dev_last, last, 1e-3 * scale, 0.0));
+  // Greedy sampling on the device returns that row's argmax, and only the token comes back.
+  const DeviceSampling greedy;
+  int32_t token = -1;
+  ASSERT_OK(
+      dm->Forward(ids.data(), kMemTokens, 0, nullptr, {.sample = &greedy, .sample_token = &token}));
+  EXPECT_EQ(token, Argmax(last));
   // A memory cannot rewind except to 0.
   EXPECT_THAT(dm->Forward(ids.data(), 4, 10, last.data(), {.last_only = true}),
               StatusIs(absl::StatusCode::kInvalidArgument));
