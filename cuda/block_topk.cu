@@ -1,64 +1,22 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cub/device/device_radix_sort.cuh>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "cuda/block_topk.h"
 #include "cuda/cuda_check.h"
+#include "cuda/sort_workspace.cuh"
 
 namespace qllm::cuda {
 namespace {
 
 constexpr int kWarpsPerCta = 8;
-constexpr size_t kAlign = 256;
-
-size_t AlignUp(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
-
-// The workspace, carved into 256-byte aligned regions: unsorted and sorted scores, unsorted
-// and sorted ids, then the radix sort's scratch.
-struct Workspace {
-  float* keys_in;
-  float* keys_out;
-  int32_t* ids_in;
-  int32_t* ids_out;
-  void* sort_scratch;
-  size_t sort_bytes;
-};
-
-size_t RegionsBytes(int64_t num_blocks) {
-  const size_t n = static_cast<size_t>(num_blocks);
-  return 2 * AlignUp(n * sizeof(float)) + 2 * AlignUp(n * sizeof(int32_t));
-}
-
-Workspace Carve(void* base, int64_t num_blocks, size_t sort_bytes) {
-  const size_t n = static_cast<size_t>(num_blocks);
-  char* p = static_cast<char*>(base);
-  Workspace w{};
-  w.keys_in = reinterpret_cast<float*>(p);
-  p += AlignUp(n * sizeof(float));
-  w.keys_out = reinterpret_cast<float*>(p);
-  p += AlignUp(n * sizeof(float));
-  w.ids_in = reinterpret_cast<int32_t*>(p);
-  p += AlignUp(n * sizeof(int32_t));
-  w.ids_out = reinterpret_cast<int32_t*>(p);
-  p += AlignUp(n * sizeof(int32_t));
-  w.sort_scratch = p;
-  w.sort_bytes = sort_bytes;
-  return w;
-}
-
-// Scratch bytes of the descending (score, id) radix sort over `num_blocks` items.
-absl::StatusOr<size_t> SortScratchBytes(int64_t num_blocks) {
-  size_t bytes = 0;
-  CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairsDescending(
-      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-      static_cast<int>(num_blocks)));
-  return bytes;
-}
+using internal::CarveSortWorkspace;
+using internal::SortRegionsBytes;
+using internal::SortScratchBytes;
+using internal::SortWorkspace;
 
 // One warp per block: both dot products in fp32 over coalesced loads, a butterfly reduction,
 // and lane 0 writes the score (with -0 made +0) and the block id for the sort.
@@ -99,7 +57,7 @@ absl::StatusOr<size_t> BlockTopKWorkspaceBytes(int64_t num_blocks) {
   }
   if (num_blocks == 0) return 0;
   ASSIGN_OR_RETURN(const size_t sort_bytes, SortScratchBytes(num_blocks));
-  return RegionsBytes(num_blocks) + sort_bytes;
+  return SortRegionsBytes(num_blocks) + sort_bytes;
 }
 
 absl::Status LaunchBlockTopK(const BlockTopKParams& p, void* d_workspace, size_t workspace_bytes,
@@ -108,12 +66,12 @@ absl::Status LaunchBlockTopK(const BlockTopKParams& p, void* d_workspace, size_t
   const int64_t k = p.selected();
   if (k == 0) return absl::OkStatus();
   ASSIGN_OR_RETURN(const size_t sort_bytes, SortScratchBytes(p.num_blocks));
-  const size_t needed = RegionsBytes(p.num_blocks) + sort_bytes;
+  const size_t needed = SortRegionsBytes(p.num_blocks) + sort_bytes;
   if (d_workspace == nullptr || workspace_bytes < needed) {
     return absl::InvalidArgumentError(
         absl::StrCat("block_topk: workspace of ", workspace_bytes, " bytes, ", needed, " needed"));
   }
-  Workspace ws = Carve(d_workspace, p.num_blocks, sort_bytes);
+  SortWorkspace ws = CarveSortWorkspace(d_workspace, p.num_blocks, sort_bytes);
   // The question term is dropped on the host side of the contract: null Q or w == 0.
   const float* question = p.question_weight != 0.0f ? p.question : nullptr;
   const int64_t ctas = (p.num_blocks + kWarpsPerCta - 1) / kWarpsPerCta;
@@ -121,9 +79,7 @@ absl::Status LaunchBlockTopK(const BlockTopKParams& p, void* d_workspace, size_t
       p.reprs, p.qbar, question, p.question_weight, p.num_blocks, p.q_dim, ws.keys_in, ws.ids_in);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   // Stable: equal scores keep the ascending id order of ids_in.
-  CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairsDescending(
-      ws.sort_scratch, ws.sort_bytes, ws.keys_in, ws.keys_out, ws.ids_in, ws.ids_out,
-      static_cast<int>(p.num_blocks), 0, static_cast<int>(sizeof(float) * 8), stream));
+  CUDA_RETURN_IF_ERROR(internal::SortPairsDescending(ws, p.num_blocks, stream));
   CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(p.ids, ws.ids_out, k * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream));
   CUDA_RETURN_IF_ERROR(

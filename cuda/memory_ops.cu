@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "cuda/cuda_check.h"
 #include "cuda/memory_ops.h"
+#include "cuda/sort_workspace.cuh"
 
 namespace qllm::cuda {
 namespace {
@@ -29,9 +30,6 @@ __global__ void MeanRowsKernel(const float* __restrict__ x, float* __restrict__ 
   out[d] = sum / static_cast<float>(rows);
 }
 
-// True when (va, a) ranks before (vb, b): higher score, ties to the lower row.
-__device__ bool Before(float va, int a, float vb, int b) { return va > vb || (va == vb && a < b); }
-
 // One CTA per head: the head's scores are staged in shared memory, then k rounds of a
 // CTA-wide arg-max pick the rows in rank order, and each thread sums its columns of the picked
 // rows in that order (the order TopMeanRef sums in).
@@ -49,33 +47,18 @@ __global__ void TopMeanKernel(TopMeanParams p, int k) {
   }
   __syncthreads();
   for (int round = 0; round < k; ++round) {
-    float best = -FLT_MAX;
+    float best = 0.0f;
     int best_idx = -1;
     for (int r = threadIdx.x; r < rows; r += blockDim.x) {
-      if (s_taken[r]) continue;
-      if (best_idx < 0 || Before(s_score[r], r, best, best_idx)) {
+      if (!s_taken[r] && internal::RanksBefore(s_score[r], r, best, best_idx)) {
         best = s_score[r];
         best_idx = r;
       }
     }
-    r_val[threadIdx.x] = best;
-    r_idx[threadIdx.x] = best_idx;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-      if (threadIdx.x < half) {
-        const float ov = r_val[threadIdx.x + half];
-        const int oi = r_idx[threadIdx.x + half];
-        const int mi = r_idx[threadIdx.x];
-        if (oi >= 0 && (mi < 0 || Before(ov, oi, r_val[threadIdx.x], mi))) {
-          r_val[threadIdx.x] = ov;
-          r_idx[threadIdx.x] = oi;
-        }
-      }
-      __syncthreads();
-    }
+    const int winner = internal::CtaArgmax(best, best_idx, r_val, r_idx);
     if (threadIdx.x == 0) {
-      s_pick[round] = r_idx[0];
-      s_taken[r_idx[0]] = 1;
+      s_pick[round] = winner;
+      s_taken[winner] = 1;
     }
     __syncthreads();
   }

@@ -41,46 +41,53 @@ int32_t Argmax(const float* logits, int32_t vocab) {
 
 int32_t Sampler::Sample(const float* logits, int32_t vocab) {
   if (options_.temperature == 0.0f) return Argmax(logits, vocab);
-  scratch_.resize(vocab);
-  for (int32_t i = 0; i < vocab; ++i) scratch_[i] = {logits[i] / options_.temperature, i};
+  return SampleWithDraw(logits, vocab, options_, NextUniform(), &scratch_);
+}
+
+int32_t SampleWithDraw(const float* logits, int32_t vocab, const SamplingOptions& options,
+                       double u01, std::vector<std::pair<float, int32_t>>* scratch) {
+  std::vector<std::pair<float, int32_t>>& v = *scratch;
+  v.resize(vocab);
+  for (int32_t i = 0; i < vocab; ++i) v[i] = {logits[i] / options.temperature, i};
   // Descending by logit, ascending id among equals: a deterministic order.
   auto by_logit = [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
   int32_t keep = vocab;
-  if (options_.top_k > 0 && options_.top_k < vocab) {
-    keep = options_.top_k;
-    std::partial_sort(scratch_.begin(), scratch_.begin() + keep, scratch_.end(), by_logit);
+  if (options.top_k > 0 && options.top_k < vocab) {
+    keep = options.top_k;
+    std::partial_sort(v.begin(), v.begin() + keep, v.end(), by_logit);
   } else {
-    std::sort(scratch_.begin(), scratch_.end(), by_logit);
+    std::sort(v.begin(), v.end(), by_logit);
   }
-  const float max_logit = scratch_[0].first;
+  const float max_logit = v[0].first;
   double total = 0.0;
   for (int32_t i = 0; i < keep; ++i) {
-    scratch_[i].first = std::exp(scratch_[i].first - max_logit);
-    total += scratch_[i].first;
+    v[i].first = std::exp(v[i].first - max_logit);
+    total += v[i].first;
   }
-  if (options_.top_p < 1.0f) {
+  if (options.top_p < 1.0f) {
     double mass = 0.0;
     int32_t cut = keep;
     for (int32_t i = 0; i < keep; ++i) {
-      mass += scratch_[i].first / total;
-      if (mass >= options_.top_p) {
+      mass += v[i].first / total;
+      if (mass >= options.top_p) {
         cut = i + 1;
         break;
       }
     }
     total = 0.0;
-    for (int32_t i = 0; i < cut; ++i) total += scratch_[i].first;
+    for (int32_t i = 0; i < cut; ++i) total += v[i].first;
     keep = cut;
   }
-  const double u = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  // uniform_real_distribution<double>(0, total) draws u01 * total (+ 0).
+  const double u = u01 * total;
   double acc = 0.0;
   for (int32_t i = 0; i < keep; ++i) {
-    acc += scratch_[i].first;
-    if (u < acc) return scratch_[i].second;
+    acc += v[i].first;
+    if (u < acc) return v[i].second;
   }
-  return scratch_[keep - 1].second;
+  return v[keep - 1].second;
 }
 
 }  // namespace qllm::model

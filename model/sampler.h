@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -47,6 +48,15 @@ class Sampler {
 
 // Index of the largest logit, the lowest index among equals.
 int32_t Argmax(const float* logits, int32_t vocab);
+
+// The token a non-greedy Sampler picks for `logits` when its generator draws `u01`
+// (NextUniform()): the logits divided by the temperature, sorted descending (ties to the lower
+// id), cut to top_k, weighted by exp(logit - max), cut to the top_p nucleus, and the first token
+// whose cumulative weight exceeds u01 * total. Sampler::Sample and the device sampler's CPU twin
+// (cuda/sampling.h) both use it. `scratch` is reused storage.
+// REQUIRES: options.Validate(vocab) is OK, options.temperature > 0, 0 <= u01 < 1.
+int32_t SampleWithDraw(const float* logits, int32_t vocab, const SamplingOptions& options,
+                       double u01, std::vector<std::pair<float, int32_t>>* scratch);
 
 }  // namespace qllm::model
 

@@ -18,6 +18,8 @@ namespace {
 
 using ::qllm::testing::StatusIs;
 
+constexpr uint64_t kSeededDigest = 6411895826394690929ull;
+
 TEST(SampleRef, EqualsModelSamplerGivenItsDraw) {
   std::mt19937 rng(3);
   std::normal_distribution<float> normal(0.0f, 3.0f);
@@ -50,6 +52,30 @@ TEST(SampleRef, EqualsModelSamplerGivenItsDraw) {
     }
   }
   EXPECT_EQ(checked, 3 * 4 * 3 * 40);
+}
+
+// The tokens of seeded sampling are part of the API (equal seeds, equal answers across
+// versions): a digest of 1,440 tokens that Sampler drew when SampleRef was written (the
+// digest was computed with Sampler's own implementation before both shared one).
+TEST(SampleRef, SeededTokensAreStable) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  constexpr int32_t kVocab = 1000;
+  uint64_t digest = 1469598103934665603ull;
+  for (float temperature : {0.0f, 0.7f, 1.5f}) {
+    for (int32_t top_k : {0, 1, 40, kVocab}) {
+      for (float top_p : {1.0f, 0.9f, 0.3f}) {
+        model::Sampler s({.temperature = temperature, .top_k = top_k, .top_p = top_p, .seed = 17});
+        for (int step = 0; step < 40; ++step) {
+          std::vector<float> logits(kVocab);
+          for (float& x : logits) x = std::round(2.0f * normal(rng)) / 2.0f;
+          digest =
+              (digest ^ static_cast<uint64_t>(s.Sample(logits.data(), kVocab))) * 1099511628211ull;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(digest, kSeededDigest) << "digest " << digest;
 }
 
 TEST(SampleRef, RejectsBadParams) {
