@@ -63,6 +63,16 @@ struct ModelCase {
   int64_t max_chunk = 512;
 };
 
+// GQA 3 (6 heads, 2 KV heads, head_dim 16), untied head, odd intermediate and vocab.
+const testing::TinyModelSpec kGqaUntied{.hidden = 96,
+                                        .intermediate = 150,
+                                        .layers = 3,
+                                        .heads = 6,
+                                        .kv_heads = 2,
+                                        .vocab = 301,
+                                        .tied = false,
+                                        .dtype = "BF16"};
+
 // GoogleTest prints the parameter in test names and failures.
 void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
 
@@ -205,15 +215,7 @@ INSTANTIATE_TEST_SUITE_P(
     Models, DeviceModelGpuTest,
     ::testing::Values(
         // GQA 3 (6 heads, 2 KV heads, head_dim 16), untied head, odd intermediate and vocab.
-        ModelCase{.name = "GqaUntied",
-                  .spec = {.hidden = 96,
-                           .intermediate = 150,
-                           .layers = 3,
-                           .heads = 6,
-                           .kv_heads = 2,
-                           .vocab = 301,
-                           .tied = false,
-                           .dtype = "BF16"}},
+        ModelCase{.name = "GqaUntied", .spec = kGqaUntied},
         // GQA 2, tied head, llama3 RoPE scaling, forward pieces of 16 tokens.
         ModelCase{.name = "TiedLlama3Pieces",
                   .spec = {.hidden = 96,
@@ -249,14 +251,7 @@ class DeviceModelMemoryGpuTest : public ::testing::TestWithParam<MemoryModeCase>
 TEST_P(DeviceModelMemoryGpuTest, LogitsAndSelectionsMatchCpuEngine) {
   QLLM_SKIP_WITHOUT_CUDA_DEVICE();
   std::string dir;
-  const ModelCase model{.spec = {.hidden = 96,
-                                 .intermediate = 150,
-                                 .layers = 3,
-                                 .heads = 6,
-                                 .kv_heads = 2,
-                                 .vocab = 301,
-                                 .tied = false,
-                                 .dtype = "BF16"}};
+  const ModelCase model{.spec = kGqaUntied};
   ASSERT_OK_AND_ASSIGN(model::ModelWeights weights, MakeWeights(model, &dir));
   HalveProjections(&weights);
   const int64_t vocab = weights.config.vocab_size, hidden = weights.config.hidden_size;
