@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "absl/container/flat_hash_map.h"
 #include "cuda/cuda_check.h"
 #include "cuda/memory_attention_gemm.h"
 
@@ -39,9 +40,12 @@ absl::Status CudaMemoryBackend::BlockTopKToHost(const BlockTopKParams& p, void* 
 absl::Status CudaMemoryBackend::MemoryAttention(const MemoryAttentionParams& p, void* ws,
                                                 size_t ws_bytes, Stream s) {
   if (p.n < kGemmAttentionMinQueries) return LaunchMemoryAttention(p, ws, ws_bytes, s);
-  // One SGEMM path per thread: the layers of a model run one after another on one thread, so
-  // they share its cuBLAS handle and score workspace.
-  thread_local std::unique_ptr<MemoryAttentionGemm> gemm;
+  // One SGEMM path per thread and device: the layers of a model run one after another on one
+  // thread, so they share its cuBLAS handle and score workspace.
+  thread_local absl::flat_hash_map<int, std::unique_ptr<MemoryAttentionGemm>> gemms;
+  int device = 0;
+  CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  std::unique_ptr<MemoryAttentionGemm>& gemm = gemms[device];
   if (gemm == nullptr) {
     ASSIGN_OR_RETURN(gemm, MemoryAttentionGemm::Create());
   }

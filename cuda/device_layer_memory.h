@@ -44,7 +44,8 @@ struct CudaMemoryBackend {
   static absl::Status BlockTopKToHost(const BlockTopKParams& p, void* ws, size_t ws_bytes,
                                       int32_t* h_ids, float* h_scores, Stream s);
   // Chunks of at least kGemmAttentionMinQueries queries take the SGEMM path
-  // (cuda/memory_attention_gemm.h, one per thread), smaller ones (decode) the scalar kernel.
+  // (cuda/memory_attention_gemm.h, one per thread and device), smaller ones (decode) the
+  // scalar kernel.
   static constexpr int64_t kGemmAttentionMinQueries = 16;
   static absl::Status MemoryAttention(const MemoryAttentionParams& p, void* ws, size_t ws_bytes,
                                       Stream s);
