@@ -54,6 +54,8 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -153,6 +155,22 @@ class LayerMemoryEngine {
   // Copies the question vector [heads * head_dim] to the host (waits for the stream).
   // FAILED_PRECONDITION before it is formed.
   absl::StatusOr<std::vector<float>> QuestionVector() const;
+  // worker::LayerMemory::Save's blob (worker::EncodeLayerMemoryState), so a worker::LayerMemory
+  // can Load it and vice versa. Waits for the stream. Block K/V are not in the blob: they stay
+  // in the storage under their owners, so a memory with blocks must be in the tiered mode (or
+  // streaming, which never reads them). Errors: FAILED_PRECONDITION in pool mode with blocks;
+  // the backend's.
+  absl::Status Save(std::string* out) const;
+  // Restores a blob written by Save or by worker::LayerMemory::Save into this memory, with
+  // LayerMemory::Load's checks; restored blocks keep their saved owner (their K/V must be in
+  // this memory's storage under it), new ones get options.session. A saved question vector is
+  // kept; without one, a question span must start at or after the restored position.
+  // Errors: those of worker::DecodeLayerMemoryState (DATA_LOSS, FAILED_PRECONDITION);
+  // FAILED_PRECONDITION when tokens() > 0 or, in pool mode, when the state has blocks;
+  // RESOURCE_EXHAUSTED for more than max_blocks blocks; INVALID_ARGUMENT for a question span
+  // that starts before the restored position. The memory is unchanged on error.
+  absl::Status Load(std::string_view blob);
+
   // Bytes of backend memory this layer allocated.
   int64_t Bytes() const;
 
@@ -212,6 +230,7 @@ class LayerMemoryEngine {
   int64_t init_size_ = 0;
   int64_t p0_ = 0, end_ = 0, pb_ = 0;
   std::vector<int64_t> block_start_;
+  std::vector<uint64_t> block_owner_;  // BlockId session of each block (tiered mode reads).
   bool has_question_vector_ = false;
   bool init_ran_ = false;
 };
@@ -382,6 +401,7 @@ absl::Status LayerMemoryEngine<Backend>::Reset() {
   init_size_ = 0;
   p0_ = end_ = pb_ = 0;
   block_start_.clear();
+  block_owner_.clear();
   has_question_vector_ = false;
   init_ran_ = false;
   if (!tiered_) return absl::OkStatus();
@@ -539,7 +559,7 @@ absl::Status LayerMemoryEngine<Backend>::Process(const float* qkv, int64_t strid
       RETURN_IF_ERROR(Backend::Synchronize(stream_));
       std::vector<BlockKey> keys;
       for (int64_t i = 0; i < sel; ++i) {
-        keys.push_back(BlockKey{options_.session, layer_, b.h_ids[i]});
+        keys.push_back(BlockKey{block_owner_[b.h_ids[i]], layer_, b.h_ids[i]});
       }
       StorageBlockLoader loader(options_.storage);
       ASSIGN_OR_RETURN(const std::vector<int32_t> slots, b.cache->Ensure(keys, &loader, stream_));
@@ -799,8 +819,113 @@ absl::Status LayerMemoryEngine<Backend>::CutBlock() {
     RETURN_IF_ERROR(Backend::TopMean(t, stream_));
   }
   block_start_.push_back(p0_);
+  block_owner_.push_back(options_.session);
   pb_ += bs;
   p0_ += bs;
+  return absl::OkStatus();
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::Save(std::string* out) const {
+  const int64_t blocks = num_blocks();
+  if (blocks > 0 && topk_ > 0 && !tiered_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", layer_,
+                     ": the block pool keeps block K/V in device memory only; saving a "
+                     "memory with blocks needs the tiered mode (a block storage)"));
+  }
+  const Buffers& b = *buf_;
+  const int64_t pending = end_ - p0_;
+  auto download = [&](const Buffer<float>& buf, int64_t offset, int64_t count,
+                      std::vector<float>* host) -> absl::Status {
+    host->assign(count, 0.0f);
+    if (count == 0) return absl::OkStatus();
+    return Backend::CopyToHost(host->data(), buf.data() + offset, count, stream_);
+  };
+  std::vector<float> init_k, init_v, pk, pkr, pv, ps, reprs, question;
+  RETURN_IF_ERROR(download(b.init_k, 0, init_size_ * kv_dim_, &init_k));
+  RETURN_IF_ERROR(download(b.init_v, 0, init_size_ * kv_dim_, &init_v));
+  RETURN_IF_ERROR(download(b.pk, pb_ * kv_dim_, pending * kv_dim_, &pk));
+  RETURN_IF_ERROR(download(b.pkr, pb_ * kv_dim_, pending * kv_dim_, &pkr));
+  RETURN_IF_ERROR(download(b.pv, pb_ * kv_dim_, pending * kv_dim_, &pv));
+  RETURN_IF_ERROR(download(b.ps, pb_ * heads_, pending * heads_, &ps));
+  // Streaming computes no representative vectors (it never retrieves): zeros.
+  RETURN_IF_ERROR(download(b.reprs, 0, topk_ > 0 ? blocks * q_dim_ : 0, &reprs));
+  reprs.resize(blocks * q_dim_, 0.0f);
+  if (has_question_vector_) RETURN_IF_ERROR(download(b.question_vec, 0, q_dim_, &question));
+  RETURN_IF_ERROR(Backend::Synchronize(stream_));
+  worker::LayerMemoryStateView st;
+  st.end = end_;
+  st.p0 = p0_;
+  st.n_init = init_size_;
+  st.init_ran = init_ran_;
+  st.init_k = init_k;
+  st.init_v = init_v;
+  st.pk = pk;
+  st.pkr = pkr;
+  st.pv = pv;
+  st.ps = ps;
+  st.block_start = block_start_;
+  st.block_owner = block_owner_;
+  st.reprs = reprs;
+  st.question_vector = question;
+  worker::EncodeLayerMemoryState(config_, layer_,
+                                 {static_cast<int32_t>(heads_), static_cast<int32_t>(kv_heads_),
+                                  static_cast<int32_t>(head_dim_)},
+                                 st, out);
+  return absl::OkStatus();
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::Load(std::string_view blob) {
+  if (end_ != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer_, ": load into a memory that has processed ", end_, " tokens"));
+  }
+  ASSIGN_OR_RETURN(
+      worker::LayerMemoryState st,
+      worker::DecodeLayerMemoryState(config_, layer_,
+                                     {static_cast<int32_t>(heads_), static_cast<int32_t>(kv_heads_),
+                                      static_cast<int32_t>(head_dim_)},
+                                     blob));
+  const int64_t blocks = static_cast<int64_t>(st.block_start.size());
+  if (blocks > 0 && topk_ > 0 && !tiered_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer_, ": the saved state has ", blocks,
+        " blocks, whose K/V are in a block storage; restoring it needs the tiered mode"));
+  }
+  if (blocks > options_.max_blocks) {
+    return absl::ResourceExhaustedError(absl::StrCat("layer ", layer_, ": the saved state has ",
+                                                     blocks, " blocks, above max_blocks ",
+                                                     options_.max_blocks));
+  }
+  if (st.question_vector.empty() && question_.has_value() && question_->begin < st.end) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer_, ": the question span starts at ", question_->begin,
+                     ", before the restored position ", st.end));
+  }
+  Buffers& b = *buf_;
+  auto upload = [&](Buffer<float>& buf, const std::vector<float>& host) -> absl::Status {
+    if (host.empty()) return absl::OkStatus();
+    return buf.Upload(host.data(), host.size(), stream_);
+  };
+  RETURN_IF_ERROR(upload(b.init_k, st.init_k));
+  RETURN_IF_ERROR(upload(b.init_v, st.init_v));
+  RETURN_IF_ERROR(upload(b.pk, st.pk));
+  RETURN_IF_ERROR(upload(b.pkr, st.pkr));
+  RETURN_IF_ERROR(upload(b.pv, st.pv));
+  RETURN_IF_ERROR(upload(b.ps, st.ps));
+  if (topk_ > 0) RETURN_IF_ERROR(upload(b.reprs, st.reprs));
+  if (!st.question_vector.empty()) RETURN_IF_ERROR(upload(b.question_vec, st.question_vector));
+  RETURN_IF_ERROR(Backend::Synchronize(stream_));
+  init_size_ = st.n_init;
+  p0_ = st.p0;
+  end_ = st.end;
+  pb_ = 0;
+  init_ran_ = st.init_ran;
+  block_start_ = std::move(st.block_start);
+  block_owner_ = std::move(st.block_owner);
+  has_question_vector_ = !st.question_vector.empty();
   return absl::OkStatus();
 }
 

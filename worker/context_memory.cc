@@ -416,36 +416,37 @@ void LayerMemory::PopPending(int64_t count) {
   p0_ += count;
 }
 
-absl::Status LayerMemory::Save(std::string* out) const {
+void EncodeLayerMemoryState(const MemoryConfig& config, int32_t layer, const LayerShape& shape,
+                            const LayerMemoryStateView& st, std::string* out) {
+  const bool pending_global = config.mode != AttentionMode::kStreaming && config.far_pending_global;
   BlobWriter w(out);
   w.PutArray(kStateMagic, sizeof(kStateMagic));
   w.Put(kStateVersion);
-  w.Put(static_cast<int64_t>(config_.mode));
+  w.Put(static_cast<int64_t>(config.mode));
   for (const LayoutField& f :
-       Layout(config_, pending_global_, layer_, heads_, kv_heads_, head_dim_)) {
+       Layout(config, pending_global, layer, shape.heads, shape.kv_heads, shape.head_dim)) {
     w.Put(f.value);
   }
-  const int64_t pending = end_ - p0_;
-  for (int64_t v :
-       {end_, p0_, init_size(), static_cast<int64_t>(num_blocks()), static_cast<int64_t>(init_ran_),
-        static_cast<int64_t>(question_vector_.size())}) {
+  const int64_t blocks = static_cast<int64_t>(st.block_start.size());
+  for (int64_t v : {st.end, st.p0, st.n_init, blocks, static_cast<int64_t>(st.init_ran),
+                    static_cast<int64_t>(st.question_vector.size())}) {
     w.Put(v);
   }
-  w.PutArray(init_k_.data(), init_size() * kv_dim_);
-  w.PutArray(init_v_.data(), init_size() * kv_dim_);
-  w.PutArray(pk_.data() + pb_ * kv_dim_, pending * kv_dim_);
-  w.PutArray(pkr_.data() + pb_ * kv_dim_, pending * kv_dim_);
-  w.PutArray(pv_.data() + pb_ * kv_dim_, pending * kv_dim_);
-  w.PutArray(ps_.data() + pb_ * heads_, pending * heads_);
-  w.PutArray(block_start_.data(), num_blocks());
-  w.PutArray(block_owner_.data(), num_blocks());
-  w.PutArray(reprs_.data(), num_blocks() * q_dim_);
-  w.PutArray(question_vector_.data(), static_cast<int64_t>(question_vector_.size()));
-  return absl::OkStatus();
+  for (std::span<const float> a : {st.init_k, st.init_v, st.pk, st.pkr, st.pv, st.ps}) {
+    w.PutArray(a.data(), static_cast<int64_t>(a.size()));
+  }
+  w.PutArray(st.block_start.data(), blocks);
+  w.PutArray(st.block_owner.data(), blocks);
+  w.PutArray(st.reprs.data(), static_cast<int64_t>(st.reprs.size()));
+  w.PutArray(st.question_vector.data(), static_cast<int64_t>(st.question_vector.size()));
 }
 
-absl::Status LayerMemory::Load(std::string_view blob) {
-  QLLM_CHECK(end_ == 0) << "Load into a layer memory that has processed " << end_ << " tokens";
+absl::StatusOr<LayerMemoryState> DecodeLayerMemoryState(const MemoryConfig& config, int32_t layer,
+                                                        const LayerShape& shape,
+                                                        std::string_view blob) {
+  const bool pending_global = config.mode != AttentionMode::kStreaming && config.far_pending_global;
+  const int64_t heads = shape.heads, kv_dim = static_cast<int64_t>(shape.kv_heads) * shape.head_dim;
+  const int64_t q_dim = heads * shape.head_dim;
   BlobReader in(blob);
   char magic[sizeof(kStateMagic)];
   uint32_t version = 0;
@@ -465,13 +466,13 @@ absl::Status LayerMemory::Load(std::string_view blob) {
     return absl::DataLossError(absl::StrCat("saved layer state has mode ", mode));
   }
   const AttentionMode saved_mode = static_cast<AttentionMode>(mode);
-  if ((saved_mode == AttentionMode::kStreaming) != (config_.mode == AttentionMode::kStreaming)) {
+  if ((saved_mode == AttentionMode::kStreaming) != (config.mode == AttentionMode::kStreaming)) {
     return absl::FailedPreconditionError(
         absl::StrCat("state was saved in ", AttentionModeName(saved_mode),
-                     " mode, this session uses ", AttentionModeName(config_.mode), " mode"));
+                     " mode, this session uses ", AttentionModeName(config.mode), " mode"));
   }
   for (const LayoutField& f :
-       Layout(config_, pending_global_, layer_, heads_, kv_heads_, head_dim_)) {
+       Layout(config, pending_global, layer, shape.heads, shape.kv_heads, shape.head_dim)) {
     int64_t saved = 0;
     if (!in.Get(&saved)) return Truncated(f.name);
     if (saved != f.value) {
@@ -480,56 +481,91 @@ absl::Status LayerMemory::Load(std::string_view blob) {
     }
   }
   // Positions and counts; every token before p0 is in init or in a block.
-  int64_t end = 0, p0 = 0, n_init = 0, blocks = 0, init_ran = 0, qv = 0;
-  for (int64_t* v : {&end, &p0, &n_init, &blocks, &init_ran, &qv}) {
+  LayerMemoryState st;
+  int64_t blocks = 0, init_ran = 0, qv = 0;
+  for (int64_t* v : {&st.end, &st.p0, &st.n_init, &blocks, &init_ran, &qv}) {
     if (!in.Get(v)) return Truncated("positions");
   }
-  const int64_t bs = config_.block_size;
-  if (end < 0 || p0 < 0 || p0 > end || end - p0 >= n_local_ + bs || n_init < 0 ||
-      n_init > config_.n_init || blocks < 0 || blocks > (p0 - n_init) / bs ||
-      p0 != n_init + blocks * bs || init_ran != (n_init > 0 ? 1 : 0) || (qv != 0 && qv != q_dim_)) {
-    return absl::DataLossError(absl::StrCat(
-        "saved layer state is inconsistent: ", end, " tokens, ", p0, " before pending, ", n_init,
-        " sinks, ", blocks, " blocks, init_ran ", init_ran, ", question vector of ", qv));
+  const int64_t bs = config.block_size;
+  if (st.end < 0 || st.p0 < 0 || st.p0 > st.end || st.end - st.p0 >= config.n_local + bs ||
+      st.n_init < 0 || st.n_init > config.n_init || blocks < 0 ||
+      blocks > (st.p0 - st.n_init) / bs || st.p0 != st.n_init + blocks * bs ||
+      init_ran != (st.n_init > 0 ? 1 : 0) || (qv != 0 && qv != q_dim)) {
+    return absl::DataLossError(absl::StrCat("saved layer state is inconsistent: ", st.end,
+                                            " tokens, ", st.p0, " before pending, ", st.n_init,
+                                            " sinks, ", blocks, " blocks, init_ran ", init_ran,
+                                            ", question vector of ", qv));
   }
-  const int64_t pending = end - p0;
-  std::vector<float> init_k, init_v, pk, pkr, pv, ps, reprs, question_vector;
-  std::vector<int64_t> block_start;
-  std::vector<uint64_t> block_owner;
-  if (!in.GetRows(n_init, kv_dim_, &init_k) || !in.GetRows(n_init, kv_dim_, &init_v)) {
+  st.init_ran = init_ran != 0;
+  const int64_t pending = st.end - st.p0;
+  if (!in.GetRows(st.n_init, kv_dim, &st.init_k) || !in.GetRows(st.n_init, kv_dim, &st.init_v)) {
     return Truncated("sinks");
   }
-  if (!in.GetRows(pending, kv_dim_, &pk) || !in.GetRows(pending, kv_dim_, &pkr) ||
-      !in.GetRows(pending, kv_dim_, &pv) || !in.GetRows(pending, heads_, &ps)) {
+  if (!in.GetRows(pending, kv_dim, &st.pk) || !in.GetRows(pending, kv_dim, &st.pkr) ||
+      !in.GetRows(pending, kv_dim, &st.pv) || !in.GetRows(pending, heads, &st.ps)) {
     return Truncated("pending tokens");
   }
-  if (!in.GetRows(blocks, 1, &block_start) || !in.GetRows(blocks, 1, &block_owner) ||
-      !in.GetRows(blocks, q_dim_, &reprs)) {
+  if (!in.GetRows(blocks, 1, &st.block_start) || !in.GetRows(blocks, 1, &st.block_owner) ||
+      !in.GetRows(blocks, q_dim, &st.reprs)) {
     return Truncated("blocks");
   }
-  if (!in.GetRows(qv, 1, &question_vector)) return Truncated("question vector");
+  if (!in.GetRows(qv, 1, &st.question_vector)) return Truncated("question vector");
   if (!in.done()) return absl::DataLossError("saved layer state has trailing bytes");
   for (int64_t b = 0; b < blocks; ++b) {
-    if (block_start[b] != n_init + b * bs) {
-      return absl::DataLossError(absl::StrCat("saved block ", b, " starts at ", block_start[b],
-                                              ", expected ", n_init + b * bs));
+    if (st.block_start[b] != st.n_init + b * bs) {
+      return absl::DataLossError(absl::StrCat("saved block ", b, " starts at ", st.block_start[b],
+                                              ", expected ", st.n_init + b * bs));
     }
   }
-  end_ = end;
-  p0_ = p0;
+  return st;
+}
+
+absl::Status LayerMemory::Save(std::string* out) const {
+  const int64_t pending = end_ - p0_;
+  LayerMemoryStateView st;
+  st.end = end_;
+  st.p0 = p0_;
+  st.n_init = init_size();
+  st.init_ran = init_ran_;
+  st.init_k = init_k_;
+  st.init_v = init_v_;
+  st.pk = std::span<const float>(pk_).subspan(pb_ * kv_dim_, pending * kv_dim_);
+  st.pkr = std::span<const float>(pkr_).subspan(pb_ * kv_dim_, pending * kv_dim_);
+  st.pv = std::span<const float>(pv_).subspan(pb_ * kv_dim_, pending * kv_dim_);
+  st.ps = std::span<const float>(ps_).subspan(pb_ * heads_, pending * heads_);
+  st.block_start = block_start_;
+  st.block_owner = block_owner_;
+  st.reprs = reprs_;
+  st.question_vector = question_vector_;
+  EncodeLayerMemoryState(config_, layer_,
+                         {static_cast<int32_t>(heads_), static_cast<int32_t>(kv_heads_),
+                          static_cast<int32_t>(head_dim_)},
+                         st, out);
+  return absl::OkStatus();
+}
+
+absl::Status LayerMemory::Load(std::string_view blob) {
+  QLLM_CHECK(end_ == 0) << "Load into a layer memory that has processed " << end_ << " tokens";
+  ASSIGN_OR_RETURN(LayerMemoryState st, DecodeLayerMemoryState(config_, layer_,
+                                                               {static_cast<int32_t>(heads_),
+                                                                static_cast<int32_t>(kv_heads_),
+                                                                static_cast<int32_t>(head_dim_)},
+                                                               blob));
+  end_ = st.end;
+  p0_ = st.p0;
   pb_ = 0;
-  init_ran_ = init_ran != 0;
-  init_k_ = std::move(init_k);
-  init_v_ = std::move(init_v);
-  pk_ = std::move(pk);
-  pkr_ = std::move(pkr);
-  pv_ = std::move(pv);
-  ps_ = std::move(ps);
-  block_start_ = std::move(block_start);
-  block_owner_ = std::move(block_owner);
-  reprs_ = std::move(reprs);
-  if (!question_vector.empty()) {
-    question_vector_ = std::move(question_vector);
+  init_ran_ = st.init_ran;
+  init_k_ = std::move(st.init_k);
+  init_v_ = std::move(st.init_v);
+  pk_ = std::move(st.pk);
+  pkr_ = std::move(st.pkr);
+  pv_ = std::move(st.pv);
+  ps_ = std::move(st.ps);
+  block_start_ = std::move(st.block_start);
+  block_owner_ = std::move(st.block_owner);
+  reprs_ = std::move(st.reprs);
+  if (!st.question_vector.empty()) {
+    question_vector_ = std::move(st.question_vector);
     question_q_ = {};
   }
   return absl::OkStatus();

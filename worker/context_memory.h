@@ -7,12 +7,14 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "worker/block_storage.h"
 #include "worker/memory_config.h"
 
@@ -40,6 +42,45 @@ struct LayerShape {
   int32_t kv_heads = 0;
   int32_t head_dim = 0;
 };
+
+// What a saved layer state holds besides its layout: counts and positions, the sinks' K/V, the
+// pending tokens' K, rotated K, V and local scores, each block's first position, owner and
+// representative vector, and the question vector if formed. LayerMemory and the device memory
+// (cuda/layer_memory_engine.h) save and load through EncodeLayerMemoryState /
+// DecodeLayerMemoryState, so either can restore what the other saved.
+struct LayerMemoryStateView {
+  int64_t end = 0;     // Tokens processed.
+  int64_t p0 = 0;      // First pending position (= n_init + blocks * block_size).
+  int64_t n_init = 0;  // Sink tokens.
+  bool init_ran = false;
+  std::span<const float> init_k, init_v;   // [n_init, kv_dim]
+  std::span<const float> pk, pkr, pv;      // [end - p0, kv_dim]
+  std::span<const float> ps;               // [end - p0, heads]
+  std::span<const int64_t> block_start;    // [blocks]
+  std::span<const uint64_t> block_owner;   // [blocks]
+  std::span<const float> reprs;            // [blocks, heads * head_dim]
+  std::span<const float> question_vector;  // empty or [heads * head_dim]
+};
+
+// The owning counterpart that DecodeLayerMemoryState returns.
+struct LayerMemoryState {
+  int64_t end = 0, p0 = 0, n_init = 0;
+  bool init_ran = false;
+  std::vector<float> init_k, init_v, pk, pkr, pv, ps;
+  std::vector<int64_t> block_start;
+  std::vector<uint64_t> block_owner;
+  std::vector<float> reprs, question_vector;
+};
+
+// Appends the blob of LayerMemory::Save for a memory with `config`, `layer` and `shape`.
+// REQUIRES: the arrays have the sizes documented above.
+void EncodeLayerMemoryState(const MemoryConfig& config, int32_t layer, const LayerShape& shape,
+                            const LayerMemoryStateView& state, std::string* out);
+// Reads a blob written by EncodeLayerMemoryState into the state of a memory with `config`,
+// `layer` and `shape`, with the checks and errors of LayerMemory::Load.
+absl::StatusOr<LayerMemoryState> DecodeLayerMemoryState(const MemoryConfig& config, int32_t layer,
+                                                        const LayerShape& shape,
+                                                        std::string_view blob);
 
 class LayerMemory {
  public:

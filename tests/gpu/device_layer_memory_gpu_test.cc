@@ -91,5 +91,11 @@ TEST(DeviceLayerMemoryGpu, RejectsBadArgumentsAndAFullPool) {
   testing::ExpectRejectsBadArgumentsAndAFullPool<DeviceLayerMemory>(&io);
 }
 
+TEST(DeviceLayerMemoryGpu, SavedStatesTravelBothWaysWithLayerMemory) {
+  QLLM_SKIP_WITHOUT_CUDA_DEVICE();
+  DeviceIo io;
+  testing::ExpectSaveLoadInteroperates<DeviceLayerMemory>(&io, 1e-4);
+}
+
 }  // namespace
 }  // namespace qllm::cuda

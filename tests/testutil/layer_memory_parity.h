@@ -24,6 +24,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -254,6 +255,85 @@ void ExpectRejectsBadArgumentsAndAFullPool(Io* io) {
   EXPECT_EQ(tier.num_blocks(), 0u);
   EXPECT_OK(tiered->Process(qkv, kParityWidth, 16, 0, out, nullptr));
   io->Download(out, 16 * kParityQDim);
+}
+
+// Saved states travel both ways: a worker::LayerMemory saves after 150 tokens, the engine (tiered,
+// same storage) loads it and both continue to 300 tokens with equal outputs and selections
+// (restored blocks read under their saved owner); then the engine saves, a fresh LayerMemory
+// loads that, and it continues to 400 tokens as the first one does. Plus the refusals.
+template <typename Engine, typename Io>
+void ExpectSaveLoadInteroperates(Io* io, double tolerance) {
+  worker::MemoryConfig config = ParityConfig(worker::AttentionMode::kQllm);
+  config.max_cached_block = 4;
+  const worker::QuestionSpan question{2, 9};
+  constexpr int64_t kTokens = 400;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  std::vector<float> qkv(kTokens * kParityWidth);
+  for (float& x : qkv) x = normal(rng);
+  const std::vector<double> inv_freq =
+      cuda::RopeInverseFrequencies({.head_dim = kParityShape.head_dim, .theta = 10000.0});
+  worker::InMemoryBlockStorage storage;
+  worker::LayerMemory cpu(config, kParityShape, 1, /*session=*/5, question, false, &storage,
+                          inv_freq.data());
+  const float* d_qkv = io->Upload(qkv);
+  float* d_out = io->Alloc(config.exc_block_size * kParityQDim);
+  std::vector<float> scratch(config.exc_block_size * kParityQDim);
+  auto run_cpu = [&](worker::LayerMemory* m, int64_t begin, int64_t end, std::vector<float>* outs) {
+    for (int64_t s = begin; s < end; s += 16) {
+      const int64_t n = std::min<int64_t>(16, end - s);
+      ASSERT_OK(
+          m->Process(qkv.data() + s * kParityWidth, kParityWidth, n, s, scratch.data(), nullptr));
+      outs->insert(outs->end(), scratch.begin(), scratch.begin() + n * kParityQDim);
+    }
+  };
+  std::vector<float> cpu_out, eng_out, cpu_tail, b_tail;
+  ASSERT_NO_FATAL_FAILURE(run_cpu(&cpu, 0, 150, &cpu_out));
+  std::string blob;
+  ASSERT_OK(cpu.Save(&blob));
+  ASSERT_GT(cpu.num_blocks(), 10);
+
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> eng,
+                       Engine::Create(config, kParityShape, 1, question, false, io->inv_freq(),
+                                      io->stream(), {.storage = &storage, .session = 9}));
+  ASSERT_OK(eng->Load(blob));
+  EXPECT_EQ(eng->tokens(), 150);
+  EXPECT_EQ(eng->num_blocks(), cpu.num_blocks());
+  EXPECT_TRUE(eng->has_question_vector());
+  EXPECT_THAT(eng->Load(blob), StatusIs(absl::StatusCode::kFailedPrecondition));
+  cpu_out.clear();
+  ASSERT_NO_FATAL_FAILURE(run_cpu(&cpu, 150, 300, &cpu_out));
+  for (int64_t s = 150; s < 300; s += 16) {
+    const int64_t n = std::min<int64_t>(16, 300 - s);
+    std::vector<worker::ChunkSelection> sel;
+    ASSERT_OK(eng->Process(d_qkv + s * kParityWidth, kParityWidth, n, s, d_out, &sel));
+    const std::vector<float> got = io->Download(d_out, n * kParityQDim);
+    eng_out.insert(eng_out.end(), got.begin(), got.end());
+  }
+  EXPECT_TRUE(Near(cpu_out, eng_out, tolerance, tolerance));
+
+  std::string eng_blob;
+  ASSERT_OK(eng->Save(&eng_blob));
+  worker::LayerMemory restored(config, kParityShape, 1, /*session=*/11, question, false, &storage,
+                               inv_freq.data());
+  ASSERT_OK(restored.Load(eng_blob));
+  EXPECT_EQ(restored.tokens(), 300);
+  EXPECT_EQ(restored.num_blocks(), cpu.num_blocks());
+  ASSERT_NO_FATAL_FAILURE(run_cpu(&cpu, 300, kTokens, &cpu_tail));
+  ASSERT_NO_FATAL_FAILURE(run_cpu(&restored, 300, kTokens, &b_tail));
+  EXPECT_TRUE(Near(cpu_tail, b_tail, 10 * tolerance, 10 * tolerance));
+
+  // Refusals: a pool-mode memory neither saves nor loads blocks; garbage is DATA_LOSS.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> pool,
+                       Engine::Create(config, kParityShape, 1, question, false, io->inv_freq(),
+                                      io->stream(), {.max_blocks = 64}));
+  EXPECT_THAT(pool->Load(blob), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(pool->Load("not a state"), StatusIs(absl::StatusCode::kDataLoss));
+  for (int64_t s = 0; s < 100; s += 16) {
+    ASSERT_OK(pool->Process(d_qkv + s * kParityWidth, kParityWidth, 16, s, d_out, nullptr));
+  }
+  EXPECT_THAT(pool->Save(&eng_blob), StatusIs(absl::StatusCode::kFailedPrecondition));
+  io->Download(d_out, kParityQDim);
 }
 
 }  // namespace qllm::testing

@@ -59,5 +59,10 @@ TEST(HostLayerMemory, RejectsBadArgumentsAndAFullPool) {
   testing::ExpectRejectsBadArgumentsAndAFullPool<HostLayerMemory>(&io);
 }
 
+TEST(HostLayerMemory, SavedStatesTravelBothWaysWithLayerMemory) {
+  HostIo io;
+  testing::ExpectSaveLoadInteroperates<HostLayerMemory>(&io, 1e-5);
+}
+
 }  // namespace
 }  // namespace qllm::cuda
