@@ -16,6 +16,7 @@
 #include "cuda/embedding.h"
 #include "cuda/gemm_lt.h"
 #include "cuda/memory_attention.h"
+#include "cuda/memory_attention_gemm.h"
 #include "cuda/rmsnorm.h"
 #include "cuda/rope.h"
 #include "cuda/rope_model.h"
@@ -75,6 +76,8 @@ struct DeviceModel::Impl {
 
   CudaStream stream;
   std::unique_ptr<GemmLt> gemm;
+  // Full mode: the attention of pieces of >= kGemmAttentionMinQueries tokens (SGEMM path).
+  std::unique_ptr<MemoryAttentionGemm> gemm_attention;
   DeviceBuffer<uint8_t> gemm_workspace;  // [GemmLt::kDefaultWorkspaceBytes]
 
   DeviceBuffer<float> embedding;   // [vocab, hidden]
@@ -197,6 +200,9 @@ absl::Status DeviceModel::Impl::Attention(const DeviceLayer& layer, int64_t n, i
   a.kv_heads = config.num_kv_heads;
   a.head_dim = config.head_dim;
   a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(config.head_dim)));
+  if (n >= CudaMemoryBackend::kGemmAttentionMinQueries) {
+    return gemm_attention->Launch(a, stream.get());
+  }
   return LaunchMemoryAttention(a, attn_workspace.data(), attn_workspace.bytes(), stream.get());
 }
 
@@ -311,6 +317,9 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(
                            : options.max_chunk;
   ASSIGN_OR_RETURN(impl->stream, CudaStream::Create());
   ASSIGN_OR_RETURN(impl->gemm, GemmLt::Create());
+  if (!use_memory) {
+    ASSIGN_OR_RETURN(impl->gemm_attention, MemoryAttentionGemm::Create());
+  }
   ASSIGN_OR_RETURN(impl->gemm_workspace,
                    DeviceBuffer<uint8_t>::Create(GemmLt::kDefaultWorkspaceBytes));
   const Stream s = impl->stream.get();

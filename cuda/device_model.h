@@ -11,8 +11,9 @@
 // SwiGLU -> down GEMM -> residual add; then the final RMSNorm and the LM head (the embedding
 // when tied), logits in fp32. Attention in full mode: Q, K, V GEMMs (K and V written straight
 // into the layer's device KV cache) -> RoPE (llama3 scaling included) -> causal GQA attention
-// over the cache (LaunchMemoryAttention with the whole sequence as its local window and no
-// global keys). In the memory modes: one QKV GEMM whose rows go to DeviceLayerMemory::Process,
+// over the cache (the memory attention with the whole sequence as its local window and no
+// global keys: cuda/memory_attention_gemm.h for pieces of 16 tokens or more, the scalar kernel
+// below that). In the memory modes: one QKV GEMM whose rows go to DeviceLayerMemory::Process,
 // which runs the algorithm's steps on the device (retrieval included) without a host round trip.
 //
 // Written for correctness first: one stream, a scalar attention kernel. CUDA builds only
