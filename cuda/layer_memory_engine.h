@@ -111,7 +111,7 @@ struct LayerMemoryEngineOptions {
 };
 
 template <typename Backend>
-class LayerMemoryEngine {
+class LayerMemoryEngine : private worker::LayerMemoryDims {
  public:
   // Allocates the layer's arrays. Every op runs on `stream`, which must outlive this object, as
   // must `inv_freq` (backend memory, head_dim / 2 RoPE frequencies as RopeInverseFrequencies
@@ -216,12 +216,7 @@ class LayerMemoryEngine {
   const double* const inv_freq_;
   const Stream stream_;
   const LayerMemoryEngineOptions options_;
-  const int64_t heads_, kv_heads_, head_dim_, group_, q_dim_, kv_dim_;
-  const float scale_;
-  const float w_;
-  const int64_t n_local_;
-  const bool pending_global_;
-  const int32_t topk_;
+
   const int64_t pending_rows_;  // Capacity of the pending arrays in rows.
   const int64_t global_rows_;   // Capacity of the chunk's global keys in rows.
   const bool tiered_;           // Blocks in options_.storage, a cache in backend memory.
@@ -271,25 +266,14 @@ LayerMemoryEngine<Backend>::LayerMemoryEngine(const worker::MemoryConfig& config
                                               bool late_question, const double* inv_freq,
                                               Stream stream,
                                               const LayerMemoryEngineOptions& options)
-    : config_(config),
+    : worker::LayerMemoryDims(config, shape),
+      config_(config),
       layer_(layer),
       question_(question),
       late_question_(late_question),
       inv_freq_(inv_freq),
       stream_(stream),
       options_(options),
-      heads_(shape.heads),
-      kv_heads_(shape.kv_heads),
-      head_dim_(shape.head_dim),
-      group_(shape.heads / shape.kv_heads),
-      q_dim_(static_cast<int64_t>(shape.heads) * shape.head_dim),
-      kv_dim_(static_cast<int64_t>(shape.kv_heads) * shape.head_dim),
-      scale_(static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim)))),
-      w_(config.effective_question_weight()),
-      n_local_(config.n_local),
-      pending_global_(config.mode != worker::AttentionMode::kStreaming &&
-                      config.far_pending_global),
-      topk_(config.mode == worker::AttentionMode::kStreaming ? 0 : config.topk),
       // After a commit at most n_local + block_size - 1 tokens are pending; a chunk adds at most
       // exc_block_size; the dead rows before pb_ are compacted away once they outnumber the
       // live ones (see AppendPending).

@@ -125,17 +125,8 @@ absl::Status Truncated(const char* what) {
 
 }  // namespace
 
-LayerMemory::LayerMemory(const MemoryConfig& config, const LayerShape& shape, int32_t layer,
-                         uint64_t session, std::optional<QuestionSpan> question, bool late_question,
-                         BlockStorage* storage, const double* inv_freq)
-    : config_(config),
-      layer_(layer),
-      session_(session),
-      question_(question),
-      late_question_(late_question),
-      storage_(storage),
-      inv_freq_(inv_freq),
-      heads_(shape.heads),
+LayerMemoryDims::LayerMemoryDims(const MemoryConfig& config, const LayerShape& shape)
+    : heads_(shape.heads),
       kv_heads_(shape.kv_heads),
       head_dim_(shape.head_dim),
       group_(shape.heads / shape.kv_heads),
@@ -145,7 +136,19 @@ LayerMemory::LayerMemory(const MemoryConfig& config, const LayerShape& shape, in
       w_(config.effective_question_weight()),
       n_local_(config.n_local),
       pending_global_(config.mode != AttentionMode::kStreaming && config.far_pending_global),
-      topk_(config.mode == AttentionMode::kStreaming ? 0 : config.topk) {
+      topk_(config.mode == AttentionMode::kStreaming ? 0 : config.topk) {}
+
+LayerMemory::LayerMemory(const MemoryConfig& config, const LayerShape& shape, int32_t layer,
+                         uint64_t session, std::optional<QuestionSpan> question, bool late_question,
+                         BlockStorage* storage, const double* inv_freq)
+    : LayerMemoryDims(config, shape),
+      config_(config),
+      layer_(layer),
+      session_(session),
+      question_(question),
+      late_question_(late_question),
+      storage_(storage),
+      inv_freq_(inv_freq) {
   QLLM_CHECK(config.uses_memory());
   if (question_.has_value()) {
     question_q_.assign((question_->end - question_->begin) * q_dim_, 0.0f);

@@ -82,7 +82,21 @@ absl::StatusOr<LayerMemoryState> DecodeLayerMemoryState(const MemoryConfig& conf
                                                         const LayerShape& shape,
                                                         std::string_view blob);
 
-class LayerMemory {
+// The constants a layer's context memory derives from its configuration and shape; a private
+// base of LayerMemory and of the device memory (cuda/layer_memory_engine.h), whose members use
+// these names.
+struct LayerMemoryDims {
+  LayerMemoryDims(const MemoryConfig& config, const LayerShape& shape);
+
+  const int64_t heads_, kv_heads_, head_dim_, group_, q_dim_, kv_dim_;
+  const float scale_;  // 1 / sqrt(head_dim).
+  const float w_;      // Effective question weight.
+  const int64_t n_local_;
+  const bool pending_global_;  // Pending tokens beyond the window are global keys.
+  const int32_t topk_;         // 0 in streaming mode.
+};
+
+class LayerMemory : private LayerMemoryDims {
  public:
   // `storage` and `inv_freq` (head_dim / 2 RoPE frequencies) must outlive this object. Blocks
   // this memory cuts are stored under owner `session`. With `late_question` the question span
@@ -157,12 +171,6 @@ class LayerMemory {
   const bool late_question_;
   BlockStorage* const storage_;
   const double* const inv_freq_;
-  const int64_t heads_, kv_heads_, head_dim_, group_, q_dim_, kv_dim_;
-  const float scale_;
-  const float w_;  // Effective question weight.
-  const int64_t n_local_;
-  const bool pending_global_;  // Pending tokens beyond the window are global keys.
-  const int32_t topk_;         // 0 in streaming mode.
 
   // init: pre-RoPE keys and values of the attention sinks, [init_size, kv_dim].
   std::vector<float> init_k_, init_v_;
