@@ -684,25 +684,14 @@ absl::Status LayerMemoryEngine<Backend>::AppendPending(const float* qkv, int64_t
 
 template <typename Backend>
 absl::Status LayerMemoryEngine<Backend>::Commit() {
-  const int64_t n_init = config_.n_init;
-  const bool want_question = question_.has_value() && !has_question_vector_;
-  // b (late question): formed by the chunk that completes the span.
-  if (want_question && late_question_ && init_ran_ && question_->end <= end_) {
-    RETURN_IF_ERROR(ComputeQuestionVector());
-  }
-  // a. Fill the sinks from the oldest pending tokens while there is room and more than n_local
-  //    tokens are pending.
-  const int64_t move = std::min(n_init - init_size_, (end_ - p0_) - n_local_);
-  if (move > 0) {
-    if (!init_ran_ && want_question && !(late_question_ && question_->end > end_)) {
-      if (question_->end > end_) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("the question span [", question_->begin, ", ", question_->end,
-                         ") must be processed before the attention sinks fill (after token ", end_,
-                         "): put the question at the start of the first prefill call"));
-      }
-      RETURN_IF_ERROR(ComputeQuestionVector());
-    }
+  // Step 5 as worker::PlanCommit decides it (the CPU memory's own rules).
+  ASSIGN_OR_RETURN(const worker::CommitPlan plan,
+                   worker::PlanCommit(config_, question_, late_question_, has_question_vector_,
+                                      init_ran_, init_size_, p0_, end_));
+  if (plan.question_first) RETURN_IF_ERROR(ComputeQuestionVector());
+  if (plan.move > 0) {
+    const int64_t move = plan.move;
+    if (plan.question_at_sinks) RETURN_IF_ERROR(ComputeQuestionVector());
     init_ran_ = true;
     for (auto [src, dst] :
          {std::pair{pk(0), buf_->init_k.data()}, std::pair{pv(0), buf_->init_v.data()}}) {

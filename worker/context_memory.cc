@@ -332,29 +332,41 @@ void LayerMemory::Attend(const float* q_loc, const float* q_glob, int64_t n, int
   }
 }
 
-absl::Status LayerMemory::Commit() {
-  const int64_t n_init = config_.n_init;
-  const bool want_question = question_.has_value() && question_vector_.empty();
+absl::StatusOr<CommitPlan> PlanCommit(const MemoryConfig& config,
+                                      const std::optional<QuestionSpan>& question,
+                                      bool late_question, bool question_formed, bool init_ran,
+                                      int64_t init_size, int64_t p0, int64_t end) {
+  CommitPlan plan;
+  const bool want_question = question.has_value() && !question_formed;
   // b (late question). The sinks started filling before the span was complete: Q is formed by
   // the chunk that completes it, before any of this commit's tokens leave pending.
-  if (want_question && late_question_ && init_ran_ && question_->end <= end_) {
-    ComputeQuestionVector();
-  }
+  plan.question_first = want_question && late_question && init_ran && question->end <= end;
   // a. Fill init from the oldest pending tokens while it has room and more than n_local
   //    tokens are pending.
-  const int64_t move = std::min(n_init - init_size(), (end_ - p0_) - n_local_);
-  if (move > 0) {
-    // b. The first time (a) runs: the question vector, from the scores at this moment. A late
-    //    question that is not complete yet waits for the branch above.
-    if (!init_ran_ && want_question && !(late_question_ && question_->end > end_)) {
-      if (question_->end > end_) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("the question span [", question_->begin, ", ", question_->end,
-                         ") must be processed before the attention sinks fill (after token ", end_,
-                         "): put the question at the start of the first prefill call"));
-      }
-      ComputeQuestionVector();
+  plan.move = std::max<int64_t>(
+      0, std::min<int64_t>(config.n_init - init_size, (end - p0) - config.n_local));
+  // b. The first time (a) runs: the question vector, from the scores at this moment. A late
+  //    question that is not complete yet waits for the branch above.
+  if (plan.move > 0 && !init_ran && want_question && !(late_question && question->end > end)) {
+    if (question->end > end) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the question span [", question->begin, ", ", question->end,
+                       ") must be processed before the attention sinks fill (after token ", end,
+                       "): put the question at the start of the first prefill call"));
     }
+    plan.question_at_sinks = true;
+  }
+  return plan;
+}
+
+absl::Status LayerMemory::Commit() {
+  ASSIGN_OR_RETURN(const CommitPlan plan,
+                   PlanCommit(config_, question_, late_question_, !question_vector_.empty(),
+                              init_ran_, init_size(), p0_, end_));
+  if (plan.question_first) ComputeQuestionVector();
+  if (plan.move > 0) {
+    const int64_t move = plan.move;
+    if (plan.question_at_sinks) ComputeQuestionVector();
     init_ran_ = true;
     init_k_.insert(init_k_.end(), pk(0), pk(0) + move * kv_dim_);
     init_v_.insert(init_v_.end(), pv(0), pv(0) + move * kv_dim_);

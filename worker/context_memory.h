@@ -96,6 +96,24 @@ struct LayerMemoryDims {
   const int32_t topk_;         // 0 in streaming mode.
 };
 
+// What step 5 (commit) does to the sinks and the question vector, decided from the counts alone
+// (LayerMemory and the device memory execute it; then both cut blocks while the tokens older
+// than the window number at least block_size).
+struct CommitPlan {
+  // 5b for a late question: the chunk completed the span after the sinks started filling; Q is
+  // formed first, before any of this commit's tokens leave pending.
+  bool question_first = false;
+  // 5a: tokens that move from pending to the sinks (0: none).
+  int64_t move = 0;
+  // 5b: the sinks fill for the first time; Q is formed before the move.
+  bool question_at_sinks = false;
+};
+// INVALID_ARGUMENT when the sinks would fill before a (not late) question span was processed.
+absl::StatusOr<CommitPlan> PlanCommit(const MemoryConfig& config,
+                                      const std::optional<QuestionSpan>& question,
+                                      bool late_question, bool question_formed, bool init_ran,
+                                      int64_t init_size, int64_t p0, int64_t end);
+
 class LayerMemory : private LayerMemoryDims {
  public:
   // `storage` and `inv_freq` (head_dim / 2 RoPE frequencies) must outlive this object. Blocks
