@@ -279,13 +279,9 @@ LayerMemoryEngine<Backend>::LayerMemoryEngine(const worker::MemoryConfig& config
       // live ones (see AppendPending).
       pending_rows_(2 * (static_cast<int64_t>(config.n_local) + config.block_size) +
                     config.exc_block_size),
-      global_rows_(
-          static_cast<int64_t>(config.n_init) +
-          static_cast<int64_t>(config.mode == worker::AttentionMode::kStreaming ? 0 : config.topk) *
-              config.block_size +
-          pending_rows_),
-      tiered_(options.storage != nullptr && config.mode != worker::AttentionMode::kStreaming &&
-              config.topk > 0) {}
+      global_rows_(static_cast<int64_t>(config.n_init) +
+                   static_cast<int64_t>(topk_) * config.block_size + pending_rows_),
+      tiered_(options.storage != nullptr && topk_ > 0) {}
 
 template <typename Backend>
 LayerMemoryEngine<Backend>::~LayerMemoryEngine() = default;
@@ -352,7 +348,8 @@ absl::StatusOr<std::unique_ptr<LayerMemoryEngine<Backend>>> LayerMemoryEngine<Ba
   RETURN_IF_ERROR(Alloc(&buf->q_loc, exc * qd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->q_glob, exc * qd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->qbar, qd, bytes));
-  RETURN_IF_ERROR(Alloc(&buf->positions, std::max({exc, nq, pend, glob}), bytes));
+  // Rotate's positions: a chunk's queries and keys, or the question's tokens.
+  RETURN_IF_ERROR(Alloc(&buf->positions, std::max(exc, nq), bytes));
   RETURN_IF_ERROR(Alloc(&buf->global_k, glob * kvd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->global_v, glob * kvd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->global_pos, glob, bytes));
@@ -650,9 +647,7 @@ absl::Status LayerMemoryEngine<Backend>::AppendPending(const float* qkv, int64_t
     return absl::InternalError(absl::StrCat("layer ", layer_, ": ", pb_ + count + n,
                                             " pending rows exceed the capacity ", pending_rows_));
   }
-  const CopyRowsParams rows{
-      .rows = n, .cols = kv_dim_, .src_stride = stride, .dst_stride = kv_dim_};
-  CopyRowsParams c = rows;
+  CopyRowsParams c{.rows = n, .cols = kv_dim_, .src_stride = stride, .dst_stride = kv_dim_};
   c.src = qkv + q_dim_;
   c.dst = pk(count);
   RETURN_IF_ERROR(Backend::CopyRows(c, stream_));
