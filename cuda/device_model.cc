@@ -26,6 +26,17 @@
 namespace qllm::cuda {
 namespace {
 
+// The settings of `s` for the device sampler; logits and out are the caller's.
+SampleParams SampleParamsOf(const DeviceSampling& s, int32_t vocab) {
+  SampleParams p;
+  p.vocab = vocab;
+  p.temperature = s.temperature;
+  p.top_k = s.top_k;
+  p.top_p = s.top_p;
+  p.u01 = s.u01;
+  return p;
+}
+
 absl::Status WithContext(const absl::Status& s, const std::string& context) {
   if (s.ok()) return s;
   return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
@@ -72,7 +83,6 @@ struct DeviceModel::Impl {
   int64_t position = 0;  // Valid tokens in every layer's KV cache.
   bool use_memory = false;
   int64_t piece = 0;  // Most tokens per Piece: max_chunk, or exc_block_size in memory modes.
-  std::vector<worker::ChunkSelection>* record = nullptr;  // Of the Forward call at hand.
 
   CudaStream stream;
   std::unique_ptr<GemmLt> gemm;
@@ -113,14 +123,16 @@ struct DeviceModel::Impl {
   // norm = RMSNorm(hidden[first_row, first_row + rows)) with `weight`, then gemm_in = bf16(norm).
   absl::Status NormToBf16(const float* weight, int64_t rows, int64_t first_row = 0);
   absl::Status Attention(const DeviceLayer& layer, int64_t n, int64_t pos0);
-  absl::Status MemoryAttention(DeviceLayer& layer, int64_t n, int64_t pos0);
-  absl::Status Layer(DeviceLayer& layer, int64_t n, int64_t pos0);
-  // Runs n <= piece tokens at pos0 .. pos0 + n - 1; with head_out also the head, enqueueing
-  // the copy of their logits into logits_host (if not null), or with `last_only` of the last
-  // token's logits only, and with `sample` the sampled token into *token_host.
-  absl::Status Piece(const int32_t* h_ids, int64_t n, int64_t pos0, bool head_out,
-                     float* logits_host, bool last_only, const DeviceSampling* sample,
-                     int32_t* token_host);
+  absl::Status MemoryAttention(DeviceLayer& layer, int64_t n, int64_t pos0,
+                               std::vector<worker::ChunkSelection>* record);
+  absl::Status Layer(DeviceLayer& layer, int64_t n, int64_t pos0,
+                     std::vector<worker::ChunkSelection>* record);
+  // Runs n <= piece tokens at pos0 .. pos0 + n - 1 of a Forward call with `forward`. Every
+  // piece but the last of a last-token (or sampling) call stops before the head; otherwise the
+  // copy of the logits into logits_host (if not null: all rows, or the last one) is enqueued,
+  // and on the last piece of a sampling call the sampled token's copy.
+  absl::Status Piece(const int32_t* h_ids, int64_t n, int64_t pos0, bool final, float* logits_host,
+                     const ForwardOptions& forward);
 };
 
 absl::Status DeviceModel::Impl::Gemm(const uint16_t* a, const uint16_t* b, float* c, int64_t m,
@@ -206,7 +218,8 @@ absl::Status DeviceModel::Impl::Attention(const DeviceLayer& layer, int64_t n, i
   return LaunchMemoryAttention(a, attn_workspace.data(), attn_workspace.bytes(), stream.get());
 }
 
-absl::Status DeviceModel::Impl::MemoryAttention(DeviceLayer& layer, int64_t n, int64_t pos0) {
+absl::Status DeviceModel::Impl::MemoryAttention(DeviceLayer& layer, int64_t n, int64_t pos0,
+                                                std::vector<worker::ChunkSelection>* record) {
   // One GEMM gives the rows LayerMemory::Process reads: q, k and v of each token, pre-RoPE.
   const int64_t width = config.q_dim() + 2 * config.kv_dim();
   RETURN_IF_ERROR(
@@ -214,11 +227,12 @@ absl::Status DeviceModel::Impl::MemoryAttention(DeviceLayer& layer, int64_t n, i
   return layer.memory->Process(qkv.data(), width, n, pos0, attn.data(), record);
 }
 
-absl::Status DeviceModel::Impl::Layer(DeviceLayer& layer, int64_t n, int64_t pos0) {
+absl::Status DeviceModel::Impl::Layer(DeviceLayer& layer, int64_t n, int64_t pos0,
+                                      std::vector<worker::ChunkSelection>* record) {
   const int64_t hd = config.hidden_size, qd = config.q_dim(), f = config.intermediate_size;
   // Attention block.
   RETURN_IF_ERROR(NormToBf16(layer.attn_norm.data(), n));
-  RETURN_IF_ERROR(use_memory ? MemoryAttention(layer, n, pos0) : Attention(layer, n, pos0));
+  RETURN_IF_ERROR(use_memory ? MemoryAttention(layer, n, pos0, record) : Attention(layer, n, pos0));
   RETURN_IF_ERROR(ToBf16(attn.data(), n, qd));
   RETURN_IF_ERROR(Gemm(gemm_in.data(), layer.wo.data(), proj.data(), n, hd, qd));
   RETURN_IF_ERROR(LaunchAdd({.x = proj.data(), .y = hidden.data(), .n = n * hd}, stream.get()));
@@ -232,9 +246,10 @@ absl::Status DeviceModel::Impl::Layer(DeviceLayer& layer, int64_t n, int64_t pos
   return LaunchAdd({.x = proj.data(), .y = hidden.data(), .n = n * hd}, stream.get());
 }
 
-absl::Status DeviceModel::Impl::Piece(const int32_t* h_ids, int64_t n, int64_t pos0, bool head_out,
-                                      float* logits_host, bool last_only,
-                                      const DeviceSampling* sample, int32_t* token_host) {
+absl::Status DeviceModel::Impl::Piece(const int32_t* h_ids, int64_t n, int64_t pos0, bool final,
+                                      float* logits_host, const ForwardOptions& forward) {
+  const DeviceSampling* sample = final ? forward.sample : nullptr;
+  const bool last_only = forward.last_only || forward.sample != nullptr;
   for (int64_t i = 0; i < n; ++i) h_positions[i] = pos0 + i;
   // Pageable sources: CUDA stages them before returning, so the host staging can be reused
   // by the next piece while this one is still queued.
@@ -249,26 +264,21 @@ absl::Status DeviceModel::Impl::Piece(const int32_t* h_ids, int64_t n, int64_t p
   e.dim = config.hidden_size;
   RETURN_IF_ERROR(LaunchEmbedding(e, stream.get()));
   for (size_t l = 0; l < layers.size(); ++l) {
-    RETURN_IF_ERROR(WithContext(Layer(layers[l], n, pos0),
+    RETURN_IF_ERROR(WithContext(Layer(layers[l], n, pos0, forward.record),
                                 absl::StrCat("layer ", layer_begin + static_cast<int64_t>(l))));
   }
-  if (!head_out) return absl::OkStatus();  // A prefill piece before the last.
+  if (last_only && !final) return absl::OkStatus();  // A prefill piece before the last.
   const int64_t rows = last_only ? 1 : n;
   RETURN_IF_ERROR(NormToBf16(final_norm.data(), rows, n - rows));
   RETURN_IF_ERROR(Gemm(gemm_in.data(), head.data(), logits.data(), rows, config.vocab_size,
                        config.hidden_size));
   if (sample != nullptr) {
-    SampleParams p;
+    SampleParams p = SampleParamsOf(*sample, config.vocab_size);
     p.logits = logits.data() + (rows - 1) * config.vocab_size;
-    p.vocab = config.vocab_size;
-    p.temperature = sample->temperature;
-    p.top_k = sample->top_k;
-    p.top_p = sample->top_p;
-    p.u01 = sample->u01;
     p.out = token.data();
     RETURN_IF_ERROR(
         LaunchSample(p, sample_workspace.data(), sample_workspace.bytes(), stream.get()));
-    RETURN_IF_ERROR(token.Download(token_host, 1, stream.get()));
+    RETURN_IF_ERROR(token.Download(forward.sample_token, 1, stream.get()));
   }
   if (logits_host == nullptr) return absl::OkStatus();
   return logits.Download(logits_host, static_cast<size_t>(rows) * config.vocab_size, stream.get());
@@ -402,17 +412,7 @@ absl::Status DeviceModel::Forward(const int32_t* ids, int n, int start_pos, floa
         "device model: forward of ", n, " tokens needs ids and logits (or a sampled token)"));
   }
   if (sampling) {
-    // The settings checked before any work (the logits pointer is set per piece).
-    const float no_logits = 0.0f;
-    SampleParams check;
-    check.logits = &no_logits;
-    check.out = forward.sample_token;
-    check.vocab = m.config.vocab_size;
-    check.temperature = forward.sample->temperature;
-    check.top_k = forward.sample->top_k;
-    check.top_p = forward.sample->top_p;
-    check.u01 = forward.sample->u01;
-    RETURN_IF_ERROR(check.Validate());
+    RETURN_IF_ERROR(SampleParamsOf(*forward.sample, m.config.vocab_size).ValidateSettings());
   }
   if (start_pos < 0 || start_pos > m.position) {
     return absl::InvalidArgumentError(
@@ -440,22 +440,14 @@ absl::Status DeviceModel::Forward(const int32_t* ids, int n, int start_pos, floa
   if (m.use_memory && start_pos == 0) {
     for (DeviceLayer& l : m.layers) RETURN_IF_ERROR(l.memory->Reset());
   }
-  m.record = forward.record;
   const int64_t vocab = m.config.vocab_size;
   const bool last_only = forward.last_only || sampling;
   for (int64_t begin = 0; begin < n; begin += m.piece) {
     const int64_t len = std::min<int64_t>(m.piece, n - begin);
     const bool final = begin + len == n;
-    float* logits = logits_host == nullptr ? nullptr : logits_host + begin * vocab;
-    if (last_only) logits = final ? logits_host : nullptr;
-    absl::Status s = m.Piece(ids + begin, len, start_pos + begin, !last_only || final, logits,
-                             last_only, final ? forward.sample : nullptr, forward.sample_token);
-    if (!s.ok()) {
-      m.record = nullptr;
-      return s;
-    }
+    float* logits = logits_host == nullptr || last_only ? logits_host : logits_host + begin * vocab;
+    RETURN_IF_ERROR(m.Piece(ids + begin, len, start_pos + begin, final, logits, forward));
   }
-  m.record = nullptr;
   RETURN_IF_ERROR(m.stream.Synchronize());
   m.position = static_cast<int64_t>(start_pos) + n;
   return absl::OkStatus();

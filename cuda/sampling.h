@@ -33,6 +33,9 @@ struct SampleParams {
 
   // INVALID_ARGUMENT for a missing pointer or a value out of range (NaN included).
   absl::Status Validate() const;
+  // The value checks of Validate alone (vocab and the settings), for callers that check the
+  // settings before the logits exist.
+  absl::Status ValidateSettings() const;
 };
 
 absl::Status SampleRef(const SampleParams& p);

@@ -10,10 +10,14 @@
 namespace qllm::cuda {
 
 absl::Status SampleParams::Validate() const {
-  if (logits == nullptr || out == nullptr || vocab <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sample: logits and out are required and vocab (", vocab, ") > 0"));
+  if (logits == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError("sample: logits and out are required");
   }
+  return ValidateSettings();
+}
+
+absl::Status SampleParams::ValidateSettings() const {
+  if (vocab <= 0) return absl::InvalidArgumentError(absl::StrCat("sample: vocab ", vocab, " <= 0"));
   if (!(temperature >= 0.0f && temperature <= 100.0f) || top_k < 0 || top_k > vocab ||
       !(top_p > 0.0f && top_p <= 1.0f) || !(u01 >= 0.0 && u01 < 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("sample: temperature ", temperature, ", top_k ",
