@@ -12,7 +12,6 @@
 #include "common/logging.h"
 #include "cuda/device.h"
 #include "cuda/device_layer_memory.h"
-#include "cuda/rope.h"
 #include "tests/testutil/cuda_test_util.h"
 #include "tests/testutil/layer_memory_parity.h"
 #include "tests/testutil/status_matchers.h"
@@ -20,7 +19,6 @@
 namespace qllm::cuda {
 namespace {
 
-using ::qllm::testing::kParityShape;
 using ::qllm::testing::MemoryCase;
 
 // Device arrays for the parity checks; every array lives as long as this object.
@@ -30,8 +28,7 @@ class DeviceIo {
     auto stream = CudaStream::Create();
     QLLM_CHECK(stream.ok()) << stream.status();
     stream_ = std::move(*stream);
-    const std::vector<double> f =
-        RopeInverseFrequencies({.head_dim = kParityShape.head_dim, .theta = 10000.0});
+    const std::vector<double> f = testing::ParityInvFreq();
     auto d = DeviceBuffer<double>::Create(f.size());
     QLLM_CHECK(d.ok()) << d.status();
     QLLM_CHECK(d->Upload(f, stream_.get()).ok());

@@ -29,6 +29,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cuda/layer_memory_engine.h"
+#include "cuda/rope.h"
 #include "tests/testutil/status_matchers.h"
 #include "worker/block_storage.h"
 #include "worker/context_memory.h"
@@ -50,7 +51,22 @@ inline worker::MemoryConfig ParityConfig(worker::AttentionMode mode) {
   c.repr_topk = 2;
   c.exc_block_size = 16;
   c.question_weight = 4.0f;
+  c.max_cached_block = 4;  // Tiered mode: topk 3 of ~33 blocks, so most chunks miss.
   return c;
+}
+
+// RopeInverseFrequencies of kParityShape.
+inline std::vector<double> ParityInvFreq() {
+  return cuda::RopeInverseFrequencies({.head_dim = kParityShape.head_dim, .theta = 10000.0});
+}
+
+// `tokens` rows of N(0, 1) projections (q, k, v per row, kParityWidth floats).
+inline std::vector<float> RandomProjections(int64_t tokens, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> qkv(tokens * kParityWidth);
+  for (float& x : qkv) x = normal(rng);
+  return qkv;
 }
 
 struct MemoryCase {
@@ -112,15 +128,10 @@ inline ::testing::AssertionResult Near(std::span<const float> want, std::span<co
 // block starts, scores within `tolerance`, the same counts; the question vectors at the end.
 template <typename Engine, typename Io>
 void ExpectMatchesLayerMemory(const MemoryCase& c, Io* io, double tolerance) {
-  worker::MemoryConfig config = ParityConfig(c.mode);
-  config.max_cached_block = 4;
+  const worker::MemoryConfig config = ParityConfig(c.mode);
   constexpr int64_t kTokens = 300;  // About 33 blocks of 8 beyond sinks and window.
-  std::mt19937 rng(7);
-  std::normal_distribution<float> normal;
-  std::vector<float> qkv(kTokens * kParityWidth);
-  for (float& x : qkv) x = normal(rng);
-  const std::vector<double> inv_freq =
-      cuda::RopeInverseFrequencies({.head_dim = kParityShape.head_dim, .theta = 10000.0});
+  const std::vector<float> qkv = RandomProjections(kTokens, 7);
+  const std::vector<double> inv_freq = ParityInvFreq();
 
   worker::InMemoryBlockStorage storage;
   worker::LayerMemory cpu(config, kParityShape, /*layer=*/1, /*session=*/5, c.question,
@@ -263,16 +274,12 @@ void ExpectRejectsBadArgumentsAndAFullPool(Io* io) {
 // loads that, and it continues to 400 tokens as the first one does. Plus the refusals.
 template <typename Engine, typename Io>
 void ExpectSaveLoadInteroperates(Io* io, double tolerance) {
-  worker::MemoryConfig config = ParityConfig(worker::AttentionMode::kQllm);
-  config.max_cached_block = 4;
+  const worker::MemoryConfig config = ParityConfig(worker::AttentionMode::kQllm);
   const worker::QuestionSpan question{2, 9};
   constexpr int64_t kTokens = 400;
-  std::mt19937 rng(11);
-  std::normal_distribution<float> normal;
-  std::vector<float> qkv(kTokens * kParityWidth);
-  for (float& x : qkv) x = normal(rng);
-  const std::vector<double> inv_freq =
-      cuda::RopeInverseFrequencies({.head_dim = kParityShape.head_dim, .theta = 10000.0});
+  const std::vector<float> qkv = RandomProjections(kTokens, 11);
+  const std::vector<double> inv_freq = ParityInvFreq();
+
   worker::InMemoryBlockStorage storage;
   worker::LayerMemory cpu(config, kParityShape, 1, /*session=*/5, question, false, &storage,
                           inv_freq.data());

@@ -13,19 +13,16 @@
 #include <memory>
 #include <vector>
 
-#include "cuda/rope.h"
 #include "tests/testutil/layer_memory_parity.h"
 
 namespace qllm::cuda {
 namespace {
 
-using ::qllm::testing::kParityShape;
 using ::qllm::testing::MemoryCase;
 
 class HostIo {
  public:
-  HostIo()
-      : inv_freq_(RopeInverseFrequencies({.head_dim = kParityShape.head_dim, .theta = 10000.0})) {}
+  HostIo() : inv_freq_(testing::ParityInvFreq()) {}
   float* Upload(const std::vector<float>& host) {
     arrays_.push_back(std::make_unique<std::vector<float>>(host));
     return arrays_.back()->data();
