@@ -97,50 +97,49 @@ if [[ $skipped -gt 0 ]]; then
     grep -A1 ': Skipped' | tail -1 || true)
 fi
 
-# gpu_ops_bench (built by qllm_gpu_tests): GEMM / attention / top-k at Llama-3-8B shapes. It
-# exits 0 with a message when no device is usable.
+# Runs "$@" with a time limit of $2 seconds, its output shown and saved to $LOG_DIR/$1.log, and
+# prints its status: "ok", "FAILED (...)" for a non-zero exit, or, when a marker line $3 is given
+# and missing from the log, "skipped (<its last line>)" (the benchmarks exit 0 with a message
+# when no device is usable).
+run_step() {
+  local name=$1 limit=$2 marker=$3 rc
+  shift 3
+  set +e
+  timeout "$limit" "$@" 2>&1 | tee "$LOG_DIR/$name.log" >&2
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [[ $rc -ne 0 ]]; then
+    echo "FAILED (rc $rc, see $LOG_DIR/$name.log)"
+  elif [[ -n $marker ]] && ! grep -q "^$marker" "$LOG_DIR/$name.log"; then
+    echo "skipped ($(tail -1 "$LOG_DIR/$name.log"))"
+  else
+    echo ok
+  fi
+}
+
+# gpu_ops_bench (built by qllm_gpu_tests): GEMM / attention / top-k at Llama-3-8B shapes.
 gpu_bench_status=skipped
 if [[ $RUN_GPU_BENCH -eq 1 ]]; then
   section "GPU op micro-benchmarks (gpu_ops_bench)"
-  set +e
-  timeout 240 "$BUILD_DIR/tests/gpu/gpu_ops_bench" 2>&1 | tee "$LOG_DIR/gpu_bench.log"
-  gpu_bench_rc=${PIPESTATUS[0]}
-  set -e
-  gpu_bench_status=ok
-  if [[ $gpu_bench_rc -ne 0 ]]; then
-    gpu_bench_status="FAILED (rc $gpu_bench_rc, see $LOG_DIR/gpu_bench.log)"
-  elif ! grep -q '^GPU ops benchmark:' "$LOG_DIR/gpu_bench.log"; then
-    gpu_bench_status="skipped ($(tail -1 "$LOG_DIR/gpu_bench.log"))"
-  fi
+  gpu_bench_status=$(run_step gpu_bench 240 'GPU ops benchmark:' \
+    "$BUILD_DIR/tests/gpu/gpu_ops_bench")
 fi
 
 # device_model_bench (built by qllm_gpu_tests): the whole model with the context memory on the
-# device. It exits 0 with a message when no device is usable.
+# device, blocks on the device, then (TIERED_BENCH_ARGS) in host memory.
 model_bench_status=skipped
 rm -f "$LOG_DIR/model_bench.log" "$LOG_DIR/model_bench_tiered.log" "$LOG_DIR/ref_bench.log"
 if [[ $RUN_MODEL_BENCH -eq 1 ]]; then
   section "end-to-end device benchmark (device_model_bench $MODEL_BENCH_ARGS)"
-  set +e
   # shellcheck disable=SC2086  # the flags are meant to split
-  timeout 300 "$BUILD_DIR/tests/gpu/device_model_bench" $MODEL_BENCH_ARGS 2>&1 |
-    tee "$LOG_DIR/model_bench.log"
-  model_bench_rc=${PIPESTATUS[0]}
-  set -e
-  model_bench_status=ok
-  if [[ $model_bench_rc -ne 0 ]]; then
-    model_bench_status="FAILED (rc $model_bench_rc, see $LOG_DIR/model_bench.log)"
-    elif ! grep -q '^Device model benchmark:' "$LOG_DIR/model_bench.log"; then
-    model_bench_status="skipped ($(tail -1 "$LOG_DIR/model_bench.log"))"
-  fi
+  model_bench_status=$(run_step model_bench 300 'Device model benchmark:' \
+    "$BUILD_DIR/tests/gpu/device_model_bench" $MODEL_BENCH_ARGS)
   if [[ $model_bench_status == ok && -n $TIERED_BENCH_ARGS ]]; then
     section "end-to-end device benchmark, host tier (device_model_bench $TIERED_BENCH_ARGS)"
-    set +e
     # shellcheck disable=SC2086
-    timeout 200 "$BUILD_DIR/tests/gpu/device_model_bench" $TIERED_BENCH_ARGS 2>&1 |
-      tee "$LOG_DIR/model_bench_tiered.log"
-    tiered_rc=${PIPESTATUS[0]}
-    set -e
-    [[ $tiered_rc -eq 0 ]] || model_bench_status="ok; host-tier run FAILED (rc $tiered_rc)"
+    tiered_status=$(run_step model_bench_tiered 200 'Device model benchmark:' \
+      "$BUILD_DIR/tests/gpu/device_model_bench" $TIERED_BENCH_ARGS)
+    [[ $tiered_status == ok ]] || model_bench_status="ok; host-tier run $tiered_status"
   fi
 fi
 
@@ -150,16 +149,9 @@ if [[ $RUN_REF_BENCH -eq 1 ]]; then
   if "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
       > /dev/null 2>&1; then
     section "PyTorch reference on the GPU (gpu_bench_ref.py $REF_BENCH_ARGS)"
-    set +e
     # shellcheck disable=SC2086
-    PYTHONUNBUFFERED=1 timeout 240 "$PYTHON" "$ROOT/tools/reference/gpu_bench_ref.py" \
-      --device cuda $REF_BENCH_ARGS 2>&1 | tee "$LOG_DIR/ref_bench.log"
-    ref_bench_rc=${PIPESTATUS[0]}
-    set -e
-    ref_bench_status=ok
-    if [[ $ref_bench_rc -ne 0 ]]; then
-      ref_bench_status="FAILED (rc $ref_bench_rc, see $LOG_DIR/ref_bench.log)"
-    fi
+    ref_bench_status=$(run_step ref_bench 240 '' env PYTHONUNBUFFERED=1 "$PYTHON" \
+      "$ROOT/tools/reference/gpu_bench_ref.py" --device cuda $REF_BENCH_ARGS)
   else
     ref_bench_status="skipped ($PYTHON has no PyTorch with CUDA)"
   fi
@@ -168,14 +160,9 @@ fi
 bench_status=skipped
 if [[ $RUN_BENCH -eq 1 ]]; then
   section "CPU benchmark (short run)"
-  set +e
-  timeout 300 "$ROOT/bench/cpu/run_cpu_bench.sh" --build-dir "$BUILD_DIR" --prompt-len 2048 \
-    --chunk 512 --decode 32 --repeats 2 --torch-repeats 1 --out "$LOG_DIR" 2>&1 |
-    tee "$LOG_DIR/bench.log"
-  bench_rc=${PIPESTATUS[0]}
-  set -e
-  bench_status=ok
-  [[ $bench_rc -eq 0 ]] || bench_status="FAILED (rc $bench_rc, see $LOG_DIR/bench.log)"
+  bench_status=$(run_step bench 300 '' "$ROOT/bench/cpu/run_cpu_bench.sh" \
+    --build-dir "$BUILD_DIR" --prompt-len 2048 --chunk 512 --decode 32 --repeats 2 \
+    --torch-repeats 1 --out "$LOG_DIR")
 fi
 
 section "summary"
