@@ -14,9 +14,10 @@ namespace qllm::cuda {
 
 // EXECUTION_FAILED and INTERNAL_ERROR are often the echo of a CUDA error; when the CUDA runtime
 // holds one (cudaPeekAtLastError), the status is that error's (so a sticky device error is
-// UNAVAILABLE, as in CudaErrorToStatus). Otherwise: NOT_INITIALIZED (the library could not
-// initialize the device) -> UNAVAILABLE, ALLOC_FAILED -> RESOURCE_EXHAUSTED, INVALID_VALUE ->
-// INVALID_ARGUMENT, NOT_SUPPORTED and ARCH_MISMATCH -> UNIMPLEMENTED, the rest -> INTERNAL.
+// UNAVAILABLE marked as a lost device, as in CudaErrorToStatus). Otherwise: NOT_INITIALIZED (the
+// library could not initialize the device) -> UNAVAILABLE, ALLOC_FAILED -> RESOURCE_EXHAUSTED,
+// INVALID_VALUE -> INVALID_ARGUMENT, NOT_SUPPORTED and ARCH_MISMATCH -> UNIMPLEMENTED, the rest ->
+// INTERNAL.
 inline absl::Status CublasStatusToStatus(cublasStatus_t st, const char* expr, const char* file,
                                          int line) {
   const std::string msg =
@@ -27,9 +28,10 @@ inline absl::Status CublasStatusToStatus(cublasStatus_t st, const char* expr, co
     case CUBLAS_STATUS_INTERNAL_ERROR: {
       const cudaError_t err = cudaPeekAtLastError();
       if (err != cudaSuccess) {
-        return absl::Status(CudaErrorToStatus(err, expr, file, line).code(),
-                            absl::StrCat(msg, "; pending CUDA error ", cudaGetErrorName(err), ": ",
-                                         cudaGetErrorString(err)));
+        absl::Status cuda = CudaErrorToStatus(err, expr, file, line);
+        const std::string both = absl::StrCat(msg, "; pending CUDA error ", cudaGetErrorName(err),
+                                              ": ", cudaGetErrorString(err));
+        return IsDeviceLost(cuda) ? DeviceLostError(both) : absl::Status(cuda.code(), both);
       }
       return absl::InternalError(msg);
     }

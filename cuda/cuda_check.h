@@ -6,11 +6,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/device_error.h"
 
 namespace qllm::cuda {
 
-// Sticky errors (the context is unusable) map to UNAVAILABLE so the worker reports itself
-// unhealthy; everything else to INTERNAL.
+// Sticky errors (the context is unusable) map to UNAVAILABLE marked as a lost device
+// (common/device_error.h), so the worker reports itself unhealthy; everything else to INTERNAL.
 inline absl::Status CudaErrorToStatus(cudaError_t err, const char* expr, const char* file,
                                       int line) {
   const std::string msg = absl::StrCat(file, ":", line, ": ", expr, ": ", cudaGetErrorName(err),
@@ -23,7 +24,7 @@ inline absl::Status CudaErrorToStatus(cudaError_t err, const char* expr, const c
     case cudaErrorMisalignedAddress:
     case cudaErrorECCUncorrectable:
     case cudaErrorNoDevice:
-      return absl::UnavailableError(msg);
+      return DeviceLostError(msg);
     case cudaErrorMemoryAllocation:
       return absl::ResourceExhaustedError(msg);
     default:
