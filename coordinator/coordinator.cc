@@ -96,15 +96,30 @@ absl::StatusOr<std::string> PickTemplate(const tokenizer::Tokenizer& tok) {
   return "mistral-inst";
 }
 
-// Runs chunks through the stages with up to `max_inflight` chunks in the pipeline: stage s
+// How RunPipelined drives the stages.
+struct PipelineMode {
+  // Chunks in the pipeline at once.
+  int32_t max_inflight = 1;
+  // The stages are linked (peer links): every stage gets every chunk's control part at once and
+  // the activations travel worker to worker; stages run concurrently even for one chunk (a
+  // linked send waits for the receiver, so running them in turn would deadlock).
+  bool peer = false;
+  // Peer mode: called once after the first failure, outside any lock, to abort the session's
+  // links so that stages blocked on them return.
+  std::function<void()> abort_links;
+};
+
+// Runs chunks through the stages with up to mode.max_inflight chunks in the pipeline: stage s
 // works on chunk i while stage s - 1 works on chunk i + 1. `on_output` sees each finished chunk
-// in order on the calling thread; an error from it or from any stage stops everything.
+// (the last stage's logits, every stage's selections in stage order) in order on the calling
+// thread; an error from it or from any stage stops everything.
 absl::Status RunPipelined(const std::vector<ChunkStream*>& streams, std::vector<Activations> chunks,
-                          int32_t max_inflight,
+                          const PipelineMode& mode,
                           const std::function<absl::Status(Activations&)>& on_output) {
   const size_t num_stages = streams.size();
   const size_t num_chunks = chunks.size();
-  if (num_stages == 1 || num_chunks == 1) {  // Nothing to overlap.
+  const bool peer = mode.peer && num_stages > 1;
+  if (!peer && (num_stages == 1 || num_chunks == 1)) {  // Nothing to overlap.
     for (Activations& a : chunks) {
       for (ChunkStream* s : streams) RETURN_IF_ERROR(s->Run(&a));
       RETURN_IF_ERROR(on_output(a));
@@ -113,21 +128,45 @@ absl::Status RunPipelined(const std::vector<ChunkStream*>& streams, std::vector<
   }
   absl::Mutex mu;
   std::vector<std::deque<size_t>> queues(num_stages + 1);  // queues[num_stages]: finished.
+  // Peer mode: each stage's own copy of each chunk, and the stages yet to finish it.
+  std::vector<std::vector<Activations>> parts(peer ? num_chunks : 0);
+  std::vector<size_t> pending(peer ? num_chunks : 0, 0);
   absl::Status error;
   size_t admitted = 0, consumed = 0;
   bool failed = false;
+  // Returns whether this was the first failure (whose caller then aborts the links).
   auto fail = [&](absl::Status s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (!failed) {
-      failed = true;
-      error = std::move(s);
-      for (ChunkStream* st : streams) st->Cancel();
+    if (failed) return false;
+    failed = true;
+    error = std::move(s);
+    for (ChunkStream* st : streams) st->Cancel();
+    return true;
+  };
+  auto after_failure = [&](bool first) {
+    if (first && peer && mode.abort_links) mode.abort_links();
+  };
+  auto admit = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const size_t i = admitted++;
+    if (!peer) {
+      queues[0].push_back(i);
+      return;
     }
+    const Activations& a = chunks[i];
+    parts[i].resize(num_stages);
+    for (size_t s = 0; s < num_stages; ++s) {
+      Activations& part = parts[i][s];
+      part.session_id = a.session_id;
+      part.position = a.position;
+      part.tokens = a.tokens;
+      part.all_logits = a.all_logits;
+      if (s == 0) part.ids = a.ids;
+      queues[s].push_back(i);
+    }
+    pending[i] = num_stages;
   };
   {
     absl::MutexLock lock(&mu);
-    while (admitted < num_chunks && admitted < static_cast<size_t>(max_inflight)) {
-      queues[0].push_back(admitted++);
-    }
+    while (admitted < num_chunks && admitted < static_cast<size_t>(mode.max_inflight)) admit();
   }
   std::vector<std::thread> threads;
   for (size_t s = 0; s < num_stages; ++s) {
@@ -144,13 +183,31 @@ absl::Status RunPipelined(const std::vector<ChunkStream*>& streams, std::vector<
           i = queues[s].front();
           queues[s].pop_front();
         }
-        absl::Status st = streams[s]->Run(&chunks[i]);
-        absl::MutexLock lock(&mu);
+        absl::Status st = streams[s]->Run(peer ? &parts[i][s] : &chunks[i]);
+        bool first = false;
+        {
+          absl::MutexLock lock(&mu);
+          if (!st.ok()) {
+            first = fail(std::move(st));
+          } else if (!peer) {
+            queues[s + 1].push_back(i);
+          } else if (--pending[i] == 0) {
+            Activations& out = chunks[i];
+            out.selections.clear();
+            for (Activations& part : parts[i]) {
+              for (auto& sel : part.selections) out.selections.push_back(std::move(sel));
+            }
+            out.logits = std::move(parts[i].back().logits);
+            out.ids.clear();
+            out.hidden.clear();
+            parts[i].clear();
+            queues[num_stages].push_back(i);
+          }
+        }
         if (!st.ok()) {
-          fail(std::move(st));
+          after_failure(first);
           return;
         }
-        queues[s + 1].push_back(i);
       }
     });
   }
@@ -168,14 +225,21 @@ absl::Status RunPipelined(const std::vector<ChunkStream*>& streams, std::vector<
       queues[num_stages].pop_front();
     }
     absl::Status st = on_output(chunks[i]);
-    absl::MutexLock lock(&mu);
+    bool first = false;
+    {
+      absl::MutexLock lock(&mu);
+      if (!st.ok()) {
+        first = fail(std::move(st));
+      } else {
+        ++consumed;
+        chunks[i] = Activations();
+        if (admitted < num_chunks) admit();
+      }
+    }
     if (!st.ok()) {
-      fail(std::move(st));
+      after_failure(first);
       break;
     }
-    ++consumed;
-    chunks[i] = Activations();
-    if (admitted < num_chunks) queues[0].push_back(admitted++);
   }
   for (std::thread& t : threads) t.join();
   absl::MutexLock lock(&mu);
@@ -183,6 +247,14 @@ absl::Status RunPipelined(const std::vector<ChunkStream*>& streams, std::vector<
 }
 
 }  // namespace
+
+absl::StatusOr<ActivationTransport> ParseActivationTransport(absl::string_view name) {
+  if (name == "relay") return ActivationTransport::kRelay;
+  if (name == "peer") return ActivationTransport::kPeer;
+  if (name == "auto") return ActivationTransport::kAuto;
+  return absl::InvalidArgumentError(
+      absl::StrCat("activation transport \"", name, "\": use relay, peer or auto"));
+}
 
 // A held admission slot; releases it when destroyed.
 class Coordinator::SessionSlot {
@@ -267,6 +339,7 @@ absl::Status Coordinator::EnsureReady(absl::Time deadline) {
       return absl::UnavailableError(absl::StrCat("pipeline stage ", i, " (", stages_[i]->address(),
                                                  ") is unavailable: ", id.status().message()));
     }
+    p.peer_transport = id->peer_transport;
     if (p.ready && id->incarnation == p.incarnation && id->shard == p.spec) continue;
     if (!id->shard.has_value() || !(*id->shard == p.spec)) {
       // Loading a large shard may take long: allow the request's whole deadline.
@@ -520,7 +593,10 @@ absl::StatusOr<v1::AskResult> Coordinator::RunAsk(const v1::AskRequest& r,
       guard.Opened();
     }
   }
+  ASSIGN_OR_RETURN(const bool peer, UsePeerLinks());
+  if (peer) RETURN_IF_ERROR(ConnectLinks(spec.session_id, control));
   ASSIGN_OR_RETURN(Streams streams, OpenStreams(spec.session_id, call.deadline));
+  const PipelineMode mode{options_.max_inflight_chunks, peer, LinkAborter(spec.session_id)};
 
   // Prefill: the first chunk covers the question span (it must be processed in one call).
   const absl::Time t0 = absl::Now();
@@ -531,18 +607,18 @@ absl::StatusOr<v1::AskResult> Coordinator::RunAsk(const v1::AskRequest& r,
   std::vector<float> last_logits;
   int64_t done = 0, reported = 0;
   const int64_t interval = r.progress_interval_tokens();
-  RETURN_IF_ERROR(RunPipelined(streams.raw, std::move(chunks), options_.max_inflight_chunks,
-                               [&](Activations& a) -> absl::Status {
-                                 RETURN_IF_ERROR(CheckCall(call));
-                                 done += a.tokens;
-                                 if (done == total || done - reported >= interval) {
-                                   sink->Progress(done, total);
-                                   reported = done;
-                                 }
-                                 for (auto& s : a.selections) selections.push_back(std::move(s));
-                                 last_logits = std::move(a.logits);
-                                 return absl::OkStatus();
-                               }));
+  RETURN_IF_ERROR(
+      RunPipelined(streams.raw, std::move(chunks), mode, [&](Activations& a) -> absl::Status {
+        RETURN_IF_ERROR(CheckCall(call));
+        done += a.tokens;
+        if (done == total || done - reported >= interval) {
+          sink->Progress(done, total);
+          reported = done;
+        }
+        for (auto& s : a.selections) selections.push_back(std::move(s));
+        last_logits = std::move(a.logits);
+        return absl::OkStatus();
+      }));
   const double prefill_seconds = absl::ToDoubleSeconds(absl::Now() - t0);
 
   // Decode.
@@ -582,14 +658,17 @@ absl::StatusOr<v1::AskResult> Coordinator::RunAsk(const v1::AskRequest& r,
     }
     if (static_cast<int32_t>(generated.size()) >= max_tokens) break;
     RETURN_IF_ERROR(CheckCall(call));
-    Activations a;
+    std::vector<Activations> step(1);
+    Activations& a = step[0];
     a.session_id = spec.session_id;
     a.position = position++;
     a.tokens = 1;
     a.ids = {token};
-    for (ChunkStream* s : streams.raw) RETURN_IF_ERROR(s->Run(&a));
-    for (auto& s : a.selections) selections.push_back(std::move(s));
-    last_logits = std::move(a.logits);
+    RETURN_IF_ERROR(RunPipelined(streams.raw, std::move(step), mode, [&](Activations& out) {
+      for (auto& s : out.selections) selections.push_back(std::move(s));
+      last_logits = std::move(out.logits);
+      return absl::OkStatus();
+    }));
   }
   if (std::string tail = stream.Flush(); !tail.empty()) {
     sink->TextDelta(tail);
@@ -675,6 +754,61 @@ absl::StatusOr<Coordinator::Streams> Coordinator::OpenStreams(uint64_t session_i
   return streams;
 }
 
+absl::StatusOr<bool> Coordinator::UsePeerLinks() {
+  if (options_.activation_transport == ActivationTransport::kRelay || stages_.size() < 2) {
+    return false;
+  }
+  absl::MutexLock lock(&placement_mu_);
+  const std::string& first = placement_[0].peer_transport;
+  for (size_t i = 0; i < placement_.size(); ++i) {
+    const std::string& t = placement_[i].peer_transport;
+    if (!t.empty() && t == first) continue;
+    if (options_.activation_transport == ActivationTransport::kAuto) return false;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--activation_transport=peer needs every worker on the same peer transport: stage 0 (",
+        stages_[0]->address(), ") has ", first.empty() ? "none" : absl::StrCat("\"", first, "\""),
+        ", stage ", i, " (", stages_[i]->address(), ") has ",
+        t.empty() ? "none" : absl::StrCat("\"", t, "\"")));
+  }
+  return true;
+}
+
+absl::Status Coordinator::ConnectLinks(uint64_t session_id, absl::Time deadline) {
+  const size_t links = stages_.size() - 1;
+  std::vector<std::string> ids(links);
+  for (size_t s = 0; s < links; ++s) {
+    auto id = stages_[s]->CreateLink(session_id, deadline);
+    if (!id.ok()) return StageError(s, id.status());
+    ids[s] = std::move(*id);
+  }
+  // Both ends of every link join at once: creating an NCCL communicator is collective.
+  std::vector<absl::Status> results(2 * links);
+  std::vector<std::thread> threads;
+  for (size_t s = 0; s < links; ++s) {
+    threads.emplace_back([&, s] {
+      results[2 * s] =
+          stages_[s]->ConnectLink(session_id, ids[s], worker::LinkRole::kSend, deadline);
+    });
+    threads.emplace_back([&, s] {
+      results[2 * s + 1] =
+          stages_[s + 1]->ConnectLink(session_id, ids[s], worker::LinkRole::kReceive, deadline);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t k = 0; k < results.size(); ++k) {
+    if (!results[k].ok()) return StageError(k / 2 + k % 2, results[k]);
+  }
+  return absl::OkStatus();
+}
+
+std::function<void()> Coordinator::LinkAborter(uint64_t session_id) const {
+  return [this, session_id] {
+    // Closing the session on a worker aborts its links; the guard closes it again (a no-op).
+    const absl::Time deadline = absl::Now() + options_.control_timeout;
+    for (const auto& stage : stages_) stage->CloseSession(session_id, deadline).IgnoreError();
+  };
+}
+
 absl::StatusOr<MemoryConfig> Coordinator::ValidateMetadata(const v1::DocumentMetadata& m) const {
   RETURN_IF_ERROR(DocumentsEnabled());
   RETURN_IF_ERROR(CheckDocumentId(m.document_id(), "metadata.document_id"));
@@ -753,17 +887,20 @@ absl::StatusOr<v1::Document> Coordinator::CreateDocument(const v1::DocumentMetad
       if (absl::Status s = stages_[i]->OpenSession(spec, control); !s.ok()) return StageError(i, s);
       guard.Opened();
     }
+    ASSIGN_OR_RETURN(const bool peer, UsePeerLinks());
+    if (peer) RETURN_IF_ERROR(ConnectLinks(spec.session_id, control));
     ASSIGN_OR_RETURN(Streams streams, OpenStreams(spec.session_id, call.deadline));
+    const PipelineMode mode{options_.max_inflight_chunks, peer, LinkAborter(spec.session_id)};
     std::vector<Activations> chunks =
         MakeChunks(spec.session_id, p.ids, 0, options_.chunk_tokens, /*first_min=*/0);
     int64_t done = 0;
-    RETURN_IF_ERROR(RunPipelined(streams.raw, std::move(chunks), options_.max_inflight_chunks,
-                                 [&](Activations& a) -> absl::Status {
-                                   RETURN_IF_ERROR(CheckCall(call));
-                                   done += a.tokens;
-                                   sink->Progress(done, total);
-                                   return absl::OkStatus();
-                                 }));
+    RETURN_IF_ERROR(
+        RunPipelined(streams.raw, std::move(chunks), mode, [&](Activations& a) -> absl::Status {
+          RETURN_IF_ERROR(CheckCall(call));
+          done += a.tokens;
+          sink->Progress(done, total);
+          return absl::OkStatus();
+        }));
     // Every worker commits its layers' states; only then does the catalogue name the document.
     const absl::Time persist = std::min(call.deadline, absl::Now() + options_.control_timeout);
     for (size_t i = 0; i < stages_.size(); ++i) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "coordinator/catalogue.h"
@@ -26,6 +27,17 @@
 #include "worker/memory_config.h"
 
 namespace qllm::coordinator {
+
+// How activations travel between pipeline stages.
+enum class ActivationTransport {
+  kRelay,  // Through the coordinator, on each stage's RunChunks stream (or in memory).
+  kPeer,   // Worker to worker over the workers' peer transport (NCCL between GPUs); every
+           // stage must report the same one, else requests fail with FAILED_PRECONDITION.
+  kAuto,   // kPeer when every stage reports the same peer transport, else kRelay.
+};
+
+// "relay", "peer", "auto"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<ActivationTransport> ParseActivationTransport(absl::string_view name);
 
 struct CoordinatorOptions {
   // Checkpoint directory (config.json, *.safetensors, tokenizer.json); every worker must see
@@ -44,8 +56,10 @@ struct CoordinatorOptions {
   // Prompt tokens per pipeline chunk, and chunks in flight at once (stages overlap).
   int64_t chunk_tokens = 512;
   int32_t max_inflight_chunks = 4;
-  // Deadline of control calls to workers (open, close, persist...).
+  // Deadline of control calls to workers (open, close, persist, linking...).
   absl::Duration control_timeout = absl::Seconds(30);
+  // Between stages. Default: relay.
+  ActivationTransport activation_transport = ActivationTransport::kRelay;
 };
 
 // Per-call context: the client's deadline and a cancellation probe (client gone or cancelled).
@@ -105,6 +119,7 @@ class Coordinator {
     uint64_t incarnation = 0;
     bool ready = false;
     std::string fingerprint;
+    std::string peer_transport;  // As the stage last registered.
   };
   struct Prompt;
   class SessionSlot;
@@ -124,6 +139,14 @@ class Coordinator {
   // FAILED_PRECONDITION without a catalogue (--data_dir).
   absl::Status DocumentsEnabled() const;
   absl::StatusOr<Streams> OpenStreams(uint64_t session_id, absl::Time deadline) const;
+  // Whether sessions link their stages (options_.activation_transport and what the stages
+  // registered with). FAILED_PRECONDITION for kPeer without a common transport.
+  absl::StatusOr<bool> UsePeerLinks();
+  // Links every pair of adjacent stages for the session: the upstream worker issues the id,
+  // both ends join concurrently.
+  absl::Status ConnectLinks(uint64_t session_id, absl::Time deadline);
+  // Aborts the session's links after a failure (closes it on every stage).
+  std::function<void()> LinkAborter(uint64_t session_id) const;
   // Deletes the documents stage `i` holds that no catalogue entry or ingest in flight names
   // (left by a crash between the workers' commit and the catalogue write). Best effort.
   void SweepOrphans(size_t i, absl::Time deadline);

@@ -34,6 +34,10 @@ ABSL_FLAG(int64_t, max_document_bytes, int64_t{256} << 20, "largest CreateDocume
 ABSL_FLAG(int64_t, chunk_tokens, 512, "prompt tokens per pipeline chunk");
 ABSL_FLAG(int32_t, max_inflight_chunks, 4, "pipeline chunks in flight at once");
 ABSL_FLAG(int64_t, host_cache_mb, 1024, "embedded workers' host-memory tier, MiB");
+ABSL_FLAG(std::string, activation_transport, "relay",
+          "between stages: relay (through this process), peer (worker to worker over the "
+          "workers' --peer_transport, e.g. NCCL; embedded workers link in memory) or auto "
+          "(peer when every worker has the same transport)");
 
 namespace {
 // Time in-flight requests get to finish after SIGTERM / SIGINT (durable state is synced at
@@ -75,6 +79,13 @@ int main(int argc, char** argv) {
   c.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   c.chunk_tokens = absl::GetFlag(FLAGS_chunk_tokens);
   c.max_inflight_chunks = absl::GetFlag(FLAGS_max_inflight_chunks);
+  auto transport =
+      qllm::coordinator::ParseActivationTransport(absl::GetFlag(FLAGS_activation_transport));
+  if (!transport.ok()) {
+    QLLM_LOG(ERROR) << "--activation_transport: " << transport.status();
+    return 2;
+  }
+  c.activation_transport = *transport;
   options.workers = absl::GetFlag(FLAGS_workers);
   options.local_workers = absl::GetFlag(FLAGS_local_workers);
   options.local_host_cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_host_cache_mb)) << 20;

@@ -22,8 +22,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (!data_dir.empty()) std::filesystem::create_directories(data_dir, ec);
   if (ec)
     return absl::UnavailableError(absl::StrCat("cannot create ", data_dir, ": ", ec.message()));
+  // Embedded workers link in memory when the coordinator links stages.
+  std::shared_ptr<worker::PeerTransport> local_links;
+  if (options.coordinator.activation_transport != ActivationTransport::kRelay) {
+    local_links = worker::NewInProcessPeerTransport();
+  }
   for (int32_t i = 0; i < options.local_workers; ++i) {
     worker::WorkerOptions w;
+    w.peer_transport = local_links;
     w.worker_id = absl::StrCat("local-", i);
     if (!data_dir.empty()) w.store_dir = absl::StrCat(data_dir, "/worker-", i);
     w.host_cache_bytes = options.local_host_cache_bytes;

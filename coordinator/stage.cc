@@ -52,7 +52,8 @@ class InProcessStage final : public Stage {
   std::string address() const override { return absl::StrCat("in-process:", index_); }
 
   absl::StatusOr<StageIdentity> Register(absl::Time) override {
-    return StageIdentity{core_->options().worker_id, core_->incarnation(), core_->shard()};
+    return StageIdentity{core_->options().worker_id, core_->incarnation(), core_->shard(),
+                         core_->peer_transport_name()};
   }
   absl::StatusOr<worker::ShardInfo> LoadShard(const worker::ShardSpec& spec, absl::Time) override {
     return core_->LoadShard(spec);
@@ -80,6 +81,13 @@ class InProcessStage final : public Stage {
   }
   absl::StatusOr<worker::WorkerStatsSnapshot> GetStats(absl::Time) override {
     return core_->GetStats();
+  }
+  absl::StatusOr<std::string> CreateLink(uint64_t session_id, absl::Time) override {
+    return core_->CreateLink(session_id);
+  }
+  absl::Status ConnectLink(uint64_t session_id, const std::string& link_id, worker::LinkRole role,
+                           absl::Time deadline) override {
+    return core_->ConnectLink(session_id, link_id, role, deadline);
   }
 
  private:
@@ -161,7 +169,8 @@ class GrpcStage final : public Stage {
     v1::RegisterResponse response;
     RETURN_IF_ERROR(
         Annotate(stub_->Register(&context, v1::RegisterRequest(), &response), address_));
-    StageIdentity id{response.worker_id(), response.incarnation(), std::nullopt};
+    StageIdentity id{response.worker_id(), response.incarnation(), std::nullopt,
+                     response.peer_transport()};
     if (response.shard().layer_end() > 0) id.shard = worker::ShardSpecFromProto(response.shard());
     return id;
   }
@@ -247,6 +256,27 @@ class GrpcStage final : public Stage {
     s.host_hit_rate = response.host_hit_rate();
     s.documents = response.documents();
     return s;
+  }
+  absl::StatusOr<std::string> CreateLink(uint64_t session_id, absl::Time deadline) override {
+    grpc::ClientContext context;
+    SetDeadline(&context, deadline);
+    v1::CreateLinkRequest request;
+    request.set_session_id(session_id);
+    v1::CreateLinkResponse response;
+    RETURN_IF_ERROR(Annotate(stub_->CreateLink(&context, request, &response), address_));
+    return response.link_id();
+  }
+  absl::Status ConnectLink(uint64_t session_id, const std::string& link_id, worker::LinkRole role,
+                           absl::Time deadline) override {
+    grpc::ClientContext context;
+    SetDeadline(&context, deadline);
+    v1::ConnectLinkRequest request;
+    request.set_session_id(session_id);
+    request.set_link_id(link_id);
+    request.set_role(role == worker::LinkRole::kSend ? v1::ConnectLinkRequest::ROLE_SEND
+                                                     : v1::ConnectLinkRequest::ROLE_RECEIVE);
+    v1::ConnectLinkResponse response;
+    return Annotate(stub_->ConnectLink(&context, request, &response), address_);
   }
 
  private:

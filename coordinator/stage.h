@@ -1,7 +1,8 @@
 // One pipeline stage as the coordinator sees it: control calls plus the activation transport of
 // a session. Two implementations: InProcessStage (a WorkerCore in this process; activations are
 // handed over in memory) and GrpcStage (a qllm-worker process; activations travel on the
-// session's RunChunks stream). The NCCL transport of the CUDA backend plugs in at ChunkStream.
+// session's RunChunks stream). With peer links (worker/peer_transport.h: NCCL between GPUs) the
+// activations skip the coordinator and the chunk streams carry control only.
 #ifndef QLLM_COORDINATOR_STAGE_H_
 #define QLLM_COORDINATOR_STAGE_H_
 
@@ -20,6 +21,7 @@ struct StageIdentity {
   std::string worker_id;
   uint64_t incarnation = 0;
   std::optional<worker::ShardSpec> shard;  // What it serves now.
+  std::string peer_transport;              // Its peer transport; empty when none.
 };
 
 // The chunks of one session through one stage, in order. Not thread-safe; one user at a time.
@@ -55,6 +57,10 @@ class Stage {
   virtual absl::Status DeleteDocument(uint64_t document_key, absl::Time deadline) = 0;
   virtual absl::StatusOr<std::vector<uint64_t>> ListDocuments(absl::Time deadline) = 0;
   virtual absl::StatusOr<worker::WorkerStatsSnapshot> GetStats(absl::Time deadline) = 0;
+  // Peer links of a session (worker/peer_transport.h, Worker.CreateLink / ConnectLink).
+  virtual absl::StatusOr<std::string> CreateLink(uint64_t session_id, absl::Time deadline) = 0;
+  virtual absl::Status ConnectLink(uint64_t session_id, const std::string& link_id,
+                                   worker::LinkRole role, absl::Time deadline) = 0;
 };
 
 // A stage backed by a WorkerCore in this process. `core` must outlive the stage. Its chunks run

@@ -5,10 +5,14 @@
 
 #include <atomic>
 #include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/status_macros.h"
 #include "cuda/cuda_check.h"
 
 namespace qllm::cuda {
@@ -19,19 +23,16 @@ absl::Status NcclError(ncclResult_t r, const char* what) {
 }
 
 // Waits for `comm`'s pending work (non-blocking communicator) and, when `event` is given, for
-// the stream work behind it. Aborts the communicator at the deadline or on an async error.
+// the stream work behind it; stops at the deadline, on an error, or once *aborted is set. The
+// caller aborts the communicator after any error (it is unusable then).
 absl::Status WaitFor(ncclComm_t comm, cudaEvent_t event, absl::Time deadline,
-                     std::atomic<bool>* aborted, const char* what) {
+                     const std::atomic<bool>* aborted, const char* what) {
   while (true) {
     if (aborted->load()) return absl::UnavailableError(absl::StrCat(what, ": channel aborted"));
     ncclResult_t async = ncclSuccess;
     const ncclResult_t r = ncclCommGetAsyncError(comm, &async);
     if (r != ncclSuccess) return NcclError(r, what);
-    if (async != ncclSuccess && async != ncclInProgress) {
-      ncclCommAbort(comm);
-      aborted->store(true);
-      return NcclError(async, what);
-    }
+    if (async != ncclSuccess && async != ncclInProgress) return NcclError(async, what);
     if (async == ncclSuccess) {
       if (event == nullptr) return absl::OkStatus();
       const cudaError_t e = cudaEventQuery(event);
@@ -39,8 +40,6 @@ absl::Status WaitFor(ncclComm_t comm, cudaEvent_t event, absl::Time deadline,
       if (e != cudaErrorNotReady) return CudaErrorToStatus(e, what, __FILE__, __LINE__);
     }
     if (absl::Now() > deadline) {
-      ncclCommAbort(comm);
-      aborted->store(true);
       return absl::DeadlineExceededError(absl::StrCat(what,
                                                       ": peer did not answer in time; "
                                                       "communicator aborted"));
@@ -54,10 +53,9 @@ class NcclChannel final : public worker::ActivationChannel {
   NcclChannel(ncclComm_t comm, int rank, int device, cudaStream_t stream, cudaEvent_t event)
       : comm_(comm), peer_(1 - rank), device_(device), stream_(stream), event_(event) {}
   ~NcclChannel() override {
-    if (aborted_.load()) {
-      // Already aborted: the communicator is gone.
-    } else {
-      ncclCommAbort(comm_);
+    {
+      absl::MutexLock lock(&mu_);
+      DestroyLocked();
     }
     cudaEventDestroy(event_);
     cudaStreamDestroy(stream_);
@@ -69,25 +67,47 @@ class NcclChannel final : public worker::ActivationChannel {
   absl::Status Recv(float* data, size_t count, absl::Time deadline) override {
     return Transfer(data, count, deadline, /*send=*/false);
   }
+  // A transfer in flight sees the flag within its polling interval and aborts the
+  // communicator itself (it may be using it); an idle channel is aborted here.
   void Abort() override {
-    if (!aborted_.exchange(true)) ncclCommAbort(comm_);
+    aborted_.store(true);
+    if (mu_.TryLock()) {
+      DestroyLocked();
+      mu_.Unlock();
+    }
   }
 
  private:
+  void DestroyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (comm_ != nullptr) ncclCommAbort(comm_);
+    comm_ = nullptr;
+  }
+
   absl::Status Transfer(float* data, size_t count, absl::Time deadline, bool send) {
     absl::MutexLock lock(&mu_);  // One NCCL call at a time on this communicator.
-    if (aborted_.load()) return absl::UnavailableError("activation channel aborted");
+    if (aborted_.load() || comm_ == nullptr) {
+      DestroyLocked();
+      return absl::UnavailableError("activation channel aborted");
+    }
     CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     const ncclResult_t r = send ? ncclSend(data, count, ncclFloat32, peer_, comm_, stream_)
                                 : ncclRecv(data, count, ncclFloat32, peer_, comm_, stream_);
-    if (r != ncclSuccess && r != ncclInProgress)
+    if (r != ncclSuccess && r != ncclInProgress) {
+      aborted_.store(true);
+      DestroyLocked();
       return NcclError(r, send ? "ncclSend" : "ncclRecv");
+    }
     CUDA_RETURN_IF_ERROR(cudaEventRecord(event_, stream_));
-    return WaitFor(comm_, event_, deadline, &aborted_, send ? "ncclSend" : "ncclRecv");
+    absl::Status st = WaitFor(comm_, event_, deadline, &aborted_, send ? "ncclSend" : "ncclRecv");
+    if (!st.ok()) {  // The communicator is unusable after any failure: abort it.
+      aborted_.store(true);
+      DestroyLocked();
+    }
+    return st;
   }
 
   absl::Mutex mu_;
-  ncclComm_t comm_;
+  ncclComm_t comm_ ABSL_GUARDED_BY(mu_);
   const int peer_;
   const int device_;
   cudaStream_t stream_;
@@ -95,7 +115,76 @@ class NcclChannel final : public worker::ActivationChannel {
   std::atomic<bool> aborted_{false};
 };
 
+// Host memory in and out of an NCCL channel through one device buffer (grown on demand).
+class HostStagedChannel final : public worker::ActivationChannel {
+ public:
+  HostStagedChannel(std::unique_ptr<worker::ActivationChannel> inner, int device)
+      : inner_(std::move(inner)), device_(device) {}
+  ~HostStagedChannel() override {
+    if (buffer_ != nullptr) cudaFree(buffer_);
+  }
+
+  absl::Status Send(const float* data, size_t count, absl::Time deadline) override {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(Reserve(count));
+    CUDA_RETURN_IF_ERROR(cudaMemcpy(buffer_, data, count * sizeof(float), cudaMemcpyHostToDevice));
+    return inner_->Send(buffer_, count, deadline);
+  }
+  absl::Status Recv(float* data, size_t count, absl::Time deadline) override {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(Reserve(count));
+    RETURN_IF_ERROR(inner_->Recv(buffer_, count, deadline));
+    CUDA_RETURN_IF_ERROR(cudaMemcpy(data, buffer_, count * sizeof(float), cudaMemcpyDeviceToHost));
+    return absl::OkStatus();
+  }
+  void Abort() override { inner_->Abort(); }
+
+ private:
+  absl::Status Reserve(size_t count) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    if (count <= capacity_) return absl::OkStatus();
+    if (buffer_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFree(buffer_));
+    buffer_ = nullptr;
+    capacity_ = 0;
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&buffer_, count * sizeof(float)));
+    capacity_ = count;
+    return absl::OkStatus();
+  }
+
+  const std::unique_ptr<worker::ActivationChannel> inner_;
+  const int device_;
+  absl::Mutex mu_;
+  float* buffer_ ABSL_GUARDED_BY(mu_) = nullptr;
+  size_t capacity_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class NcclPeerTransport final : public worker::PeerTransport {
+ public:
+  NcclPeerTransport(int device, bool host_memory) : device_(device), host_memory_(host_memory) {}
+  std::string name() const override { return "nccl"; }
+  bool device_memory() const override { return !host_memory_; }
+  absl::StatusOr<std::string> NewLinkId() override { return NewNcclUniqueId(); }
+  absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> Connect(const std::string& id,
+                                                                     worker::LinkRole role,
+                                                                     absl::Time deadline) override {
+    ASSIGN_OR_RETURN(
+        std::unique_ptr<worker::ActivationChannel> channel,
+        NewNcclChannel(id, role == worker::LinkRole::kSend ? 0 : 1, device_, deadline));
+    if (!host_memory_) return channel;
+    return std::unique_ptr<worker::ActivationChannel>(
+        new HostStagedChannel(std::move(channel), device_));
+  }
+
+ private:
+  const int device_;
+  const bool host_memory_;
+};
+
 }  // namespace
+
+std::shared_ptr<worker::PeerTransport> NewNcclPeerTransport(int device, bool host_memory) {
+  return std::make_shared<NcclPeerTransport>(device, host_memory);
+}
 
 absl::StatusOr<std::string> NewNcclUniqueId() {
   ncclUniqueId id;
@@ -119,9 +208,10 @@ absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> NewNcclChannel(
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommInitRankConfig(&comm, 2, id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) return NcclError(r, "ncclCommInitRankConfig");
-  std::atomic<bool> aborted{false};
+  const std::atomic<bool> aborted{false};
   if (absl::Status s = WaitFor(comm, nullptr, deadline, &aborted, "ncclCommInitRankConfig");
       !s.ok()) {
+    ncclCommAbort(comm);
     return s;
   }
   cudaStream_t stream = nullptr;

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "worker/activation_channel.h"
+#include "worker/peer_transport.h"
 
 namespace qllm::cuda {
 
@@ -24,6 +25,13 @@ absl::StatusOr<std::string> NewNcclUniqueId();
 // before `deadline`; UNAVAILABLE for NCCL / CUDA failures.
 absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> NewNcclChannel(
     const std::string& unique_id, int rank, int device, absl::Time deadline);
+
+// The NCCL peer transport of a worker on `device` (worker/peer_transport.h, name "nccl"): link
+// ids are NCCL unique ids, issued by the upstream worker (which hosts NCCL's bootstrap root for
+// that link), each link a two-rank communicator (the send end is rank 0). With `host_memory`
+// the channels take host memory and stage it through a device buffer (the CPU engine's shards
+// on a GPU machine); without, Send/Recv take device memory.
+std::shared_ptr<worker::PeerTransport> NewNcclPeerTransport(int device, bool host_memory);
 
 }  // namespace qllm::cuda
 

@@ -29,7 +29,9 @@ class ActivationChannel {
   virtual void Abort() = 0;
 };
 
-// Two connected in-process ends; at most `capacity` messages wait in each direction.
+// Two connected in-process ends; at most `capacity` messages wait in each direction. Capacity 0
+// is a rendezvous: Send returns once the receiver has taken the message, as NCCL's
+// point-to-point send does, so a driver that would deadlock over NCCL times out here too.
 std::pair<std::unique_ptr<ActivationChannel>, std::unique_ptr<ActivationChannel>>
 NewInProcessChannelPair(size_t capacity = 4);
 

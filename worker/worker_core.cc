@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/device_error.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "model/fingerprint.h"
@@ -44,6 +45,7 @@ std::optional<ShardSpec> WorkerCore::shard() const {
 }
 
 absl::StatusOr<ShardInfo> WorkerCore::LoadShard(const ShardSpec& spec) {
+  RETURN_IF_ERROR(health());
   absl::MutexLock lock(&mu_);
   if (spec_.has_value()) {
     if (*spec_ == spec) return ShardInfo{shard_->config(), fingerprint_};
@@ -60,7 +62,9 @@ absl::StatusOr<ShardInfo> WorkerCore::LoadShard(const ShardSpec& spec) {
   load.layer_end = spec.layer_end;
   load.load_embedding = spec.load_embedding;
   load.load_head = spec.load_head;
-  ASSIGN_OR_RETURN(std::unique_ptr<ModelShard> shard, ModelShard::Load(spec.model_dir, load));
+  auto loaded = ModelShard::Load(spec.model_dir, load);
+  if (!loaded.ok()) return Observe(loaded.status());
+  std::unique_ptr<ModelShard> shard = std::move(*loaded);
   ASSIGN_OR_RETURN(std::string fingerprint, model::ModelFingerprint(spec.model_dir));
   if (!options_.store_dir.empty()) {
     memstore::BlockStoreOptions store_options;
@@ -118,6 +122,7 @@ absl::Status WorkerCore::CheckRoom(uint64_t session_id) const {
 }
 
 absl::Status WorkerCore::OpenSession(const SessionSpec& spec) {
+  RETURN_IF_ERROR(health());
   const ModelShard* shard = loaded_.load();
   if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
   if (spec.session_id == 0 || (spec.session_id & kDocumentOwnerBit) != 0) {
@@ -150,7 +155,7 @@ absl::Status WorkerCore::OpenSession(const SessionSpec& spec) {
   if (!status.ok() && spec.ingest_document_key != 0) {
     store_->DeleteDocument(kTenant, spec.ingest_document_key).IgnoreError();
   }
-  return status;
+  return Observe(status);
 }
 
 absl::StatusOr<std::shared_ptr<WorkerCore::Session>> WorkerCore::FindSession(uint64_t id) {
@@ -164,6 +169,12 @@ absl::StatusOr<std::shared_ptr<WorkerCore::Session>> WorkerCore::FindSession(uin
 }
 
 absl::Status WorkerCore::ReleaseSession(const std::shared_ptr<Session>& s) {
+  {  // A chunk blocked on a link returns at once (UNAVAILABLE), on both ends of the link.
+    absl::MutexLock links(&s->link_mu);
+    s->closing = true;
+    if (s->upstream != nullptr) s->upstream->Abort();
+    if (s->downstream != nullptr) s->downstream->Abort();
+  }
   absl::MutexLock lock(&s->mu);  // Waits for a chunk in flight.
   s->state.reset();
   if (s->spec.ingest_document_key != 0) {
@@ -189,11 +200,22 @@ absl::Status WorkerCore::CloseSession(uint64_t session_id) {
 }
 
 absl::Status WorkerCore::RunChunk(Activations* chunk) {
-  const ModelShard* shard = loaded_.load();
-  if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
+  RETURN_IF_ERROR(health());
   ASSIGN_OR_RETURN(std::shared_ptr<Session> s, FindSession(chunk->session_id));
   absl::MutexLock lock(&s->mu);
+  return Observe(RunChunkLocked(s.get(), chunk));
+}
+
+absl::Status WorkerCore::RunChunkLocked(Session* s, Activations* chunk) {
+  const ModelShard* shard = loaded_.load();
+  if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
   if (s->state == nullptr) return absl::NotFoundError("session closed");
+  std::shared_ptr<ActivationChannel> upstream, downstream;
+  {
+    absl::MutexLock links(&s->link_mu);
+    upstream = s->upstream;
+    downstream = s->downstream;
+  }
   s->last_used = absl::Now();
   ShardSession* state = s->state.get();
   if (chunk->position != state->position()) {
@@ -211,6 +233,16 @@ absl::Status WorkerCore::RunChunk(Activations* chunk) {
     }
     chunk->hidden.resize(n * hidden_size);
     RETURN_IF_ERROR(shard->Embed(chunk->ids, chunk->hidden.data()));
+  } else if (upstream != nullptr) {
+    if (!chunk->hidden.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("session ", chunk->session_id,
+                       " receives its activations over its peer link; the chunk carries ",
+                       chunk->hidden.size()));
+    }
+    chunk->hidden.resize(n * hidden_size);
+    RETURN_IF_ERROR(upstream->Recv(chunk->hidden.data(), chunk->hidden.size(),
+                                   absl::Now() + options_.peer_timeout));
   } else if (static_cast<int64_t>(chunk->hidden.size()) != n * hidden_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("expected ", n * hidden_size, " activations, got ", chunk->hidden.size()));
@@ -227,11 +259,121 @@ absl::Status WorkerCore::RunChunk(Activations* chunk) {
     RETURN_IF_ERROR(
         shard->Logits(chunk->hidden.data() + (n - rows) * hidden_size, rows, chunk->logits.data()));
     chunk->hidden.clear();
+  } else if (downstream != nullptr) {
+    RETURN_IF_ERROR(downstream->Send(chunk->hidden.data(), chunk->hidden.size(),
+                                     absl::Now() + options_.peer_timeout));
+    chunk->hidden.clear();
   }
   return absl::OkStatus();
 }
 
+std::string WorkerCore::peer_transport_name() const {
+  return options_.peer_transport == nullptr ? std::string() : options_.peer_transport->name();
+}
+
+absl::StatusOr<std::string> WorkerCore::CreateLink(uint64_t session_id) {
+  RETURN_IF_ERROR(health());
+  if (options_.peer_transport == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "worker ", options_.worker_id, " has no peer transport (start it with --peer_transport)"));
+  }
+  const ModelShard* shard = loaded_.load();
+  if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
+  if (shard->has_head()) {
+    return absl::FailedPreconditionError("the last stage has no next stage to link to");
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> s, FindSession(session_id));
+  {
+    absl::MutexLock links(&s->link_mu);
+    if (!s->issued_link.empty() || s->downstream != nullptr) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("session ", session_id, " has a link to the next stage"));
+    }
+  }
+  auto id = options_.peer_transport->NewLinkId();
+  if (!id.ok()) return Observe(id.status());
+  absl::MutexLock links(&s->link_mu);
+  s->issued_link = *id;
+  return *id;
+}
+
+absl::Status WorkerCore::ConnectLink(uint64_t session_id, const std::string& link_id, LinkRole role,
+                                     absl::Time deadline) {
+  RETURN_IF_ERROR(health());
+  if (options_.peer_transport == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "worker ", options_.worker_id, " has no peer transport (start it with --peer_transport)"));
+  }
+  const ModelShard* shard = loaded_.load();
+  if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
+  const bool send = role == LinkRole::kSend;
+  if (send && shard->has_head()) {
+    return absl::FailedPreconditionError("the last stage sends nothing on");
+  }
+  if (!send && shard->has_embedding()) {
+    return absl::FailedPreconditionError("the first stage receives token ids, not activations");
+  }
+  if (link_id.empty() || link_id.size() > kMaxLinkIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("link id of ", link_id.size(), " bytes (1 to ", kMaxLinkIdBytes, ")"));
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> s, FindSession(session_id));
+  {
+    absl::MutexLock links(&s->link_mu);
+    if (s->closing) return absl::NotFoundError("session closed");
+    if (send && s->issued_link != link_id) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "session ", session_id, " sends on the link this worker issued (CreateLink)"));
+    }
+    if ((send ? s->downstream : s->upstream) != nullptr) {
+      return absl::AlreadyExistsError(absl::StrCat("session ", session_id, " already has its ",
+                                                   send ? "sending" : "receiving", " link"));
+    }
+  }
+  auto channel = options_.peer_transport->Connect(link_id, role, deadline);
+  if (!channel.ok()) return Observe(channel.status());
+  std::shared_ptr<ActivationChannel> end = std::move(*channel);
+  absl::MutexLock links(&s->link_mu);
+  if (s->closing) {
+    end->Abort();
+    return absl::NotFoundError("session closed");
+  }
+  std::shared_ptr<ActivationChannel>& slot = send ? s->downstream : s->upstream;
+  if (slot != nullptr) {
+    end->Abort();
+    return absl::AlreadyExistsError(absl::StrCat("session ", session_id, " already has its ",
+                                                 send ? "sending" : "receiving", " link"));
+  }
+  slot = std::move(end);
+  return absl::OkStatus();
+}
+
+absl::Status WorkerCore::health() const {
+  absl::MutexLock lock(&health_mu_);
+  return health_;
+}
+
+absl::Status WorkerCore::Observe(absl::Status status) {
+  if (!IsDeviceLost(status)) return status;
+  bool first = false;
+  {
+    absl::MutexLock lock(&health_mu_);
+    if (health_.ok()) {
+      health_ = absl::UnavailableError(absl::StrCat("worker ", options_.worker_id,
+                                                    " is unhealthy: its device was lost (",
+                                                    status.message(), ")"));
+      first = true;
+    }
+  }
+  if (first) {
+    QLLM_LOG(ERROR) << "worker " << options_.worker_id << " turns unhealthy: " << status;
+    if (options_.on_unhealthy) options_.on_unhealthy(status);
+  }
+  return status;
+}
+
 absl::Status WorkerCore::PersistDocument(uint64_t session_id, uint64_t document_key) {
+  RETURN_IF_ERROR(health());
   ASSIGN_OR_RETURN(std::shared_ptr<Session> s, FindSession(session_id));
   absl::MutexLock lock(&s->mu);
   if (s->state == nullptr) return absl::NotFoundError("session closed");
@@ -253,6 +395,7 @@ absl::Status WorkerCore::PersistDocument(uint64_t session_id, uint64_t document_
 
 absl::StatusOr<int64_t> WorkerCore::RestoreDocument(uint64_t document_key,
                                                     const SessionSpec& spec) {
+  RETURN_IF_ERROR(health());
   const ModelShard* shard = loaded_.load();
   if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
   if (store_ == nullptr) {
@@ -280,7 +423,9 @@ absl::StatusOr<int64_t> WorkerCore::RestoreDocument(uint64_t document_key,
     blobs.push_back(std::move(*blob));
   }
   const SessionOptions options = MakeOptions(spec, spec.session_id);
-  ASSIGN_OR_RETURN(std::unique_ptr<ShardSession> state, shard->RestoreSession(options, blobs));
+  auto restored = shard->RestoreSession(options, blobs);
+  if (!restored.ok()) return Observe(restored.status());
+  std::unique_ptr<ShardSession> state = std::move(*restored);
   const int64_t tokens = state->position();
   RETURN_IF_ERROR(Insert(spec, std::move(state), spec.session_id));
   return tokens;

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -20,6 +21,7 @@
 #include "memstore/block_store.h"
 #include "worker/block_storage.h"
 #include "worker/model_shard.h"
+#include "worker/peer_transport.h"
 
 namespace qllm::worker {
 
@@ -35,6 +37,15 @@ struct WorkerOptions {
   int32_t max_sessions = 256;
   // A session untouched this long is closed (its coordinator is presumed gone).
   absl::Duration session_idle_timeout = absl::Minutes(10);
+  // Peer links of sessions to the adjacent stages' workers (worker/peer_transport.h); null:
+  // none, the coordinator relays activations. Channels must take host memory.
+  std::shared_ptr<PeerTransport> peer_transport;
+  // How long a chunk waits on its link: for the upstream stage's activations, or for the
+  // downstream stage to take this stage's output. Past it the link is aborted.
+  absl::Duration peer_timeout = absl::Minutes(5);
+  // Called once, when the worker turns unhealthy (a lost device, common/device_error.h), with
+  // the error; e.g. to set the gRPC health status to NOT_SERVING.
+  std::function<void(const absl::Status&)> on_unhealthy;
 };
 
 // Which part of which checkpoint a worker serves.
@@ -112,10 +123,35 @@ class WorkerCore {
   // Unknown ids are OK (idempotent).
   absl::Status CloseSession(uint64_t session_id);
 
-  // Runs one chunk through the shard's layers (see Activations). Errors: NOT_FOUND for an
+  // Runs one chunk through the shard's layers (see Activations). A session with a receiving
+  // link takes its input activations from the link (chunk->hidden must be empty); one with a
+  // sending link hands its output to the link and returns none. Errors: NOT_FOUND for an
   // unknown session, INVALID_ARGUMENT for a position other than the session's, a size
-  // mismatch or bad token ids, the engine's errors.
+  // mismatch or bad token ids, the engine's errors, the link's (UNAVAILABLE once aborted,
+  // DEADLINE_EXCEEDED past peer_timeout).
   absl::Status RunChunk(Activations* chunk);
+
+  // Peer links (worker/peer_transport.h). The transport's name, empty without one.
+  std::string peer_transport_name() const;
+  // Issues the id of the link from session `session_id` to the next stage (this worker will
+  // hold its send end). Errors: FAILED_PRECONDITION without a transport or on the last stage
+  // (it sends nothing on), NOT_FOUND for an unknown session, ALREADY_EXISTS when the session
+  // has a sending link, the transport's errors.
+  absl::StatusOr<std::string> CreateLink(uint64_t session_id);
+  // Joins link `link_id` as `role`; blocks until the transport says the end is usable (NCCL:
+  // both ends joined) or `deadline`. A sending end must use the id CreateLink issued here.
+  // Errors: FAILED_PRECONDITION without a transport, for a receiving end on the first stage or
+  // a sending end on the last; INVALID_ARGUMENT for another id than the issued one or a
+  // malformed id; ALREADY_EXISTS when the session has that end; NOT_FOUND for an unknown or
+  // meanwhile closed session; the transport's errors.
+  absl::Status ConnectLink(uint64_t session_id, const std::string& link_id, LinkRole role,
+                           absl::Time deadline);
+
+  // OK while healthy. After a lost device (an engine error marked by common/device_error.h)
+  // the UNAVAILABLE error that made the worker unhealthy: every later call that would use the
+  // engine fails with it (closing sessions and the documents' listing and deletion still
+  // work), and the process stays up for its supervisor to replace.
+  absl::Status health() const;
 
   // Commits the ingest session's states as its document (one synced write). The session stays
   // open (closing it afterwards keeps the document). Errors: NOT_FOUND, FAILED_PRECONDITION
@@ -134,12 +170,18 @@ class WorkerCore {
 
  private:
   struct Session {
-    absl::Mutex mu;
+    absl::Mutex mu;  // Held while a chunk runs.
     std::unique_ptr<ShardSession> state;
     SessionSpec spec;
     uint64_t storage_owner = 0;  // Owner id of the session's own blocks.
     bool persisted = false;
     absl::Time last_used;
+    // Peer links; never held while waiting, so closing can abort a chunk blocked on a link.
+    absl::Mutex link_mu;
+    std::string issued_link ABSL_GUARDED_BY(link_mu);
+    std::shared_ptr<ActivationChannel> upstream ABSL_GUARDED_BY(link_mu);
+    std::shared_ptr<ActivationChannel> downstream ABSL_GUARDED_BY(link_mu);
+    bool closing ABSL_GUARDED_BY(link_mu) = false;
   };
 
   SessionOptions MakeOptions(const SessionSpec& spec, uint64_t owner) const;
@@ -149,6 +191,9 @@ class WorkerCore {
   absl::Status Insert(const SessionSpec& spec, std::unique_ptr<ShardSession> state, uint64_t owner);
   absl::Status ReleaseSession(const std::shared_ptr<Session>& s);
   void ReapIdleSessions();
+  absl::Status RunChunkLocked(Session* s, Activations* chunk);
+  // Passes `status` through; a lost device makes the worker unhealthy first.
+  absl::Status Observe(absl::Status status);
 
   const WorkerOptions options_;
   const uint64_t incarnation_;
@@ -161,6 +206,9 @@ class WorkerCore {
   std::unique_ptr<BlockStorage> storage_;
   std::map<uint64_t, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   std::atomic<const ModelShard*> loaded_{nullptr};
+
+  mutable absl::Mutex health_mu_;
+  absl::Status health_ ABSL_GUARDED_BY(health_mu_);
 
   absl::Mutex reaper_mu_;
   bool stop_ ABSL_GUARDED_BY(reaper_mu_) = false;

@@ -1,5 +1,6 @@
 // qllm-worker: serves one layer shard of the model over qllm.v1.Worker (and grpc.health.v1).
 // The coordinator tells it which layers to load.
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <memory>
@@ -14,6 +15,9 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "worker/worker_service.h"
+#if defined(QLLM_HAVE_CUDA)
+#include "cuda/nccl_channel.h"
+#endif
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:0",
           "host:port to serve on; port 0 picks a free port (see --port_file)");
@@ -24,6 +28,12 @@ ABSL_FLAG(std::string, store_dir, "",
 ABSL_FLAG(int64_t, host_cache_mb, 1024, "host-memory tier of the memory store, MiB");
 ABSL_FLAG(int32_t, max_sessions, 256, "sessions open at once");
 ABSL_FLAG(int32_t, session_idle_timeout_s, 600, "close sessions idle this long");
+ABSL_FLAG(std::string, peer_transport, "",
+          "activations straight to the next stage's worker: \"nccl\" (CUDA builds; GPU "
+          "--cuda_device), or empty: the coordinator relays them");
+ABSL_FLAG(int32_t, cuda_device, 0, "the GPU of --peer_transport=nccl");
+ABSL_FLAG(int32_t, peer_timeout_s, 300,
+          "how long a chunk waits for its peer's activations (or for the peer to take them)");
 
 namespace {
 
@@ -45,7 +55,28 @@ int main(int argc, char** argv) {
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.session_idle_timeout = absl::Seconds(absl::GetFlag(FLAGS_session_idle_timeout_s));
   if (options.worker_id.empty()) options.worker_id = absl::GetFlag(FLAGS_listen);
-
+  options.peer_timeout = absl::Seconds(absl::GetFlag(FLAGS_peer_timeout_s));
+  if (const std::string t = absl::GetFlag(FLAGS_peer_transport); t == "nccl") {
+#if defined(QLLM_HAVE_CUDA)
+    // The CPU engine's shards hand host memory to the links: staged through the GPU.
+    options.peer_transport =
+        qllm::cuda::NewNcclPeerTransport(absl::GetFlag(FLAGS_cuda_device), /*host_memory=*/true);
+#else
+    QLLM_LOG(ERROR) << "--peer_transport=nccl needs a build with CUDA (nvcc found at configure)";
+    return 2;
+#endif
+  } else if (!t.empty()) {
+    QLLM_LOG(ERROR) << "unknown --peer_transport \"" << t << "\" (nccl or empty)";
+    return 2;
+  }
+  // A lost device turns the worker's health to NOT_SERVING (the server exists by then: the
+  // engine runs only inside RPCs).
+  std::atomic<grpc::Server*> serving{nullptr};
+  options.on_unhealthy = [&serving](const absl::Status&) {
+    if (grpc::Server* s = serving.load(); s != nullptr) {
+      s->GetHealthCheckService()->SetServingStatus(false);
+    }
+  };
   qllm::worker::WorkerCore core(options);
   qllm::worker::WorkerService service(&core);
   grpc::EnableDefaultHealthCheckService(true);
@@ -60,6 +91,7 @@ int main(int argc, char** argv) {
     QLLM_LOG(ERROR) << "cannot listen on " << absl::GetFlag(FLAGS_listen);
     return 1;
   }
+  serving.store(server.get());
   std::thread([&server] {
     const int sig = qllm::WaitForTerminationSignal();
     QLLM_LOG(INFO) << "signal " << sig << ": draining for up to " << kDrainTime.count() << " s";

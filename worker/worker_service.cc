@@ -1,5 +1,6 @@
 #include "worker/worker_service.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -82,6 +83,7 @@ grpc::Status WorkerService::Register(grpc::ServerContext*, const v1::RegisterReq
   if (auto spec = core_->shard(); spec.has_value()) {
     *response->mutable_shard() = ShardSpecToProto(*spec);
   }
+  response->set_peer_transport(core_->peer_transport_name());
   return grpc::Status::OK;
 }
 
@@ -162,6 +164,36 @@ grpc::Status WorkerService::GetStats(grpc::ServerContext*, const v1::GetStatsReq
   response->set_host_hit_rate(s.host_hit_rate);
   response->set_documents(s.documents);
   return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::CreateLink(grpc::ServerContext*, const v1::CreateLinkRequest* request,
+                                       v1::CreateLinkResponse* response) {
+  auto id = core_->CreateLink(request->session_id());
+  if (!id.ok()) return ToGrpc(id.status());
+  response->set_link_id(*id);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::ConnectLink(grpc::ServerContext* context,
+                                        const v1::ConnectLinkRequest* request,
+                                        v1::ConnectLinkResponse*) {
+  LinkRole role;
+  switch (request->role()) {
+    case v1::ConnectLinkRequest::ROLE_SEND:
+      role = LinkRole::kSend;
+      break;
+    case v1::ConnectLinkRequest::ROLE_RECEIVE:
+      role = LinkRole::kReceive;
+      break;
+    default:
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "role must be SEND or RECEIVE");
+  }
+  // The caller's deadline bounds the wait for the peer; without one, peer_timeout does.
+  absl::Time deadline = absl::Now() + core_->options().peer_timeout;
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    deadline = std::min(deadline, absl::FromChrono(context->deadline()));
+  }
+  return ToGrpc(core_->ConnectLink(request->session_id(), request->link_id(), role, deadline));
 }
 
 }  // namespace qllm::worker

@@ -42,6 +42,10 @@ class WorkerService final : public v1::Worker::Service {
                              v1::ListWorkerDocumentsResponse* response) override;
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::WorkerStats* response) override;
+  grpc::Status CreateLink(grpc::ServerContext* context, const v1::CreateLinkRequest* request,
+                          v1::CreateLinkResponse* response) override;
+  grpc::Status ConnectLink(grpc::ServerContext* context, const v1::ConnectLinkRequest* request,
+                           v1::ConnectLinkResponse* response) override;
 
  private:
   WorkerCore* const core_;

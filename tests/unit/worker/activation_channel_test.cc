@@ -1,5 +1,6 @@
 #include "worker/activation_channel.h"
 
+#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -49,6 +50,25 @@ TEST(ActivationChannelTest, SizeMismatchTimeoutAndAbort) {
   absl::SleepFor(absl::Milliseconds(20));
   c->Abort();  // Wakes the blocked peer.
   waiter.join();
+}
+
+TEST(ActivationChannelTest, ARendezvousSendWaitsForTheReceiver) {
+  auto [a, b] = NewInProcessChannelPair(0);
+  std::vector<float> msg(4, 2.0f), got(4);
+  // Nobody receives: the send times out (and aborts), as an NCCL send would.
+  EXPECT_THAT(a->Send(msg.data(), msg.size(), absl::Now() + absl::Milliseconds(30)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  auto [c, d] = NewInProcessChannelPair(0);
+  std::atomic<bool> sent{false};
+  std::thread sender([&, c = c.get()] {
+    ASSERT_OK(c->Send(msg.data(), msg.size(), absl::Now() + absl::Seconds(30)));
+    sent = true;
+  });
+  absl::SleepFor(absl::Milliseconds(30));
+  EXPECT_FALSE(sent.load()) << "returned before the receiver took the message";
+  ASSERT_OK(d->Recv(got.data(), got.size(), absl::Now() + absl::Seconds(30)));
+  sender.join();
+  EXPECT_EQ(got, msg);
 }
 
 }  // namespace
