@@ -340,6 +340,11 @@ absl::Status Coordinator::EnsureReady(absl::Time deadline) {
                                                  ") is unavailable: ", id.status().message()));
     }
     p.peer_transport = id->peer_transport;
+    if (!id->unhealthy.empty()) {
+      p.ready = false;
+      return absl::UnavailableError(absl::StrCat("pipeline stage ", i, " (", stages_[i]->address(),
+                                                 ") is unhealthy: ", id->unhealthy));
+    }
     if (p.ready && id->incarnation == p.incarnation && id->shard == p.spec) continue;
     if (!id->shard.has_value() || !(*id->shard == p.spec)) {
       // Loading a large shard may take long: allow the request's whole deadline.
@@ -393,7 +398,9 @@ void Coordinator::SweepOrphans(size_t i, absl::Time deadline) {
 
 absl::Status Coordinator::CheckStages(absl::Time deadline) {
   for (size_t i = 0; i < stages_.size(); ++i) {
-    if (auto id = stages_[i]->Register(deadline); !id.ok()) return StageError(i, id.status());
+    auto id = stages_[i]->Register(deadline);
+    if (!id.ok()) return StageError(i, id.status());
+    if (!id->unhealthy.empty()) return StageError(i, absl::UnavailableError(id->unhealthy));
   }
   return absl::OkStatus();
 }
@@ -1005,9 +1012,10 @@ v1::ClusterStatus Coordinator::GetClusterStatus() {
       continue;
     }
     w->set_worker_id(id->worker_id);
-    const bool loaded = id->shard.has_value() && *id->shard == placement[i].spec;
-    w->set_health(loaded ? v1::WorkerStatus::HEALTH_SERVING : v1::WorkerStatus::HEALTH_NOT_SERVING);
-    serving = serving && loaded;
+    const bool ok =
+        id->shard.has_value() && *id->shard == placement[i].spec && id->unhealthy.empty();
+    w->set_health(ok ? v1::WorkerStatus::HEALTH_SERVING : v1::WorkerStatus::HEALTH_NOT_SERVING);
+    serving = serving && ok;
     if (auto stats = stages_[i]->GetStats(deadline); stats.ok()) {
       w->set_documents(stats->documents);
       w->set_open_sessions(stats->open_sessions);

@@ -87,8 +87,8 @@ class Coordinator {
   // Makes every stage serve its layers (Register, LoadShard when missing). UNAVAILABLE names
   // the first stage that cannot.
   absl::Status EnsureReady(absl::Time deadline);
-  // OK when every stage answers Register (loaded or not); UNAVAILABLE naming the first that
-  // does not. Drives the coordinator's grpc.health.v1 status.
+  // OK when every stage answers Register (loaded or not) and none reports itself unhealthy;
+  // UNAVAILABLE naming the first that does not. Drives the coordinator's grpc.health.v1 status.
   absl::Status CheckStages(absl::Time deadline);
 
   // Errors: INVALID_ARGUMENT (the field named), NOT_FOUND (unknown document),

@@ -52,8 +52,9 @@ class InProcessStage final : public Stage {
   std::string address() const override { return absl::StrCat("in-process:", index_); }
 
   absl::StatusOr<StageIdentity> Register(absl::Time) override {
+    const absl::Status health = core_->health();
     return StageIdentity{core_->options().worker_id, core_->incarnation(), core_->shard(),
-                         core_->peer_transport_name()};
+                         core_->peer_transport_name(), std::string(health.message())};
   }
   absl::StatusOr<worker::ShardInfo> LoadShard(const worker::ShardSpec& spec, absl::Time) override {
     return core_->LoadShard(spec);
@@ -170,7 +171,7 @@ class GrpcStage final : public Stage {
     RETURN_IF_ERROR(
         Annotate(stub_->Register(&context, v1::RegisterRequest(), &response), address_));
     StageIdentity id{response.worker_id(), response.incarnation(), std::nullopt,
-                     response.peer_transport()};
+                     response.peer_transport(), response.unhealthy()};
     if (response.shard().layer_end() > 0) id.shard = worker::ShardSpecFromProto(response.shard());
     return id;
   }

@@ -22,6 +22,7 @@ struct StageIdentity {
   uint64_t incarnation = 0;
   std::optional<worker::ShardSpec> shard;  // What it serves now.
   std::string peer_transport;              // Its peer transport; empty when none.
+  std::string unhealthy;                   // Why it refuses engine work; empty when healthy.
 };
 
 // The chunks of one session through one stage, in order. Not thread-safe; one user at a time.

@@ -241,7 +241,7 @@ class LostDeviceTransport final : public worker::PeerTransport {
         return DeviceLostError("cudaMemcpy: cudaErrorIllegalAddress (injected)");
       }
       absl::Status Recv(float*, size_t, absl::Time) override {
-        return absl::UnavailableError("not used");
+        return DeviceLostError("cudaMemcpy: cudaErrorLaunchFailure (injected)");
       }
       void Abort() override {}
     };
@@ -537,6 +537,27 @@ TEST_F(CoordinatorLinkTest, AFailingStageAbortsTheLinksInsteadOfBlockingTheOther
     EXPECT_EQ(c->GetStats().open_sessions, 0);
     EXPECT_OK(c->health());
   }
+}
+
+TEST_F(CoordinatorLinkTest, AnUnhealthyWorkerIsReportedAndRefusedNotUsed) {
+  auto cores = Workers(2, std::make_shared<LostDeviceTransport>());
+  ASSERT_OK_AND_ASSIGN(auto c,
+                       MakeCoordinator(InProcess(cores), coordinator::ActivationTransport::kPeer));
+  NullSink sink;
+  EXPECT_THAT(c->Ask(ask_, coordinator::CallContext{}, &sink).status(),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("injected")));
+  // The receiving stage lost its device: requests are refused up front, naming it.
+  EXPECT_THAT(cores[1]->health(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(c->Ask(ask_, coordinator::CallContext{}, &sink).status(),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       HasSubstr("pipeline stage 1 (in-process:1) is unhealthy")));
+  EXPECT_THAT(c->CheckStages(absl::Now() + absl::Seconds(5)),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("device was lost")));
+  const v1::ClusterStatus status = c->GetClusterStatus();
+  EXPECT_FALSE(status.serving());
+  ASSERT_EQ(status.workers_size(), 2);
+  EXPECT_EQ(status.workers(1).health(), v1::WorkerStatus::HEALTH_NOT_SERVING);
+  for (const auto& core : cores) EXPECT_EQ(core->GetStats().open_sessions, 0);
 }
 
 }  // namespace
