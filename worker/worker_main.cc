@@ -10,10 +10,12 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/process_env.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "worker/grpc_peer_transport.h"
 #include "worker/worker_service.h"
 #if defined(QLLM_HAVE_CUDA)
 #include "cuda/nccl_channel.h"
@@ -30,7 +32,11 @@ ABSL_FLAG(int32_t, max_sessions, 256, "sessions open at once");
 ABSL_FLAG(int32_t, session_idle_timeout_s, 600, "close sessions idle this long");
 ABSL_FLAG(std::string, peer_transport, "",
           "activations straight to the next stage's worker: \"nccl\" (CUDA builds; GPU "
-          "--cuda_device), or empty: the coordinator relays them");
+          "--cuda_device), \"grpc\" (CPU workers; peers dial --advertise), or empty: the "
+          "coordinator relays them");
+ABSL_FLAG(std::string, advertise, "",
+          "host:port at which other workers reach this one (--peer_transport=grpc); default: "
+          "the --listen host with the bound port, which must then not be a wildcard");
 ABSL_FLAG(int32_t, cuda_device, 0, "the GPU of --peer_transport=nccl");
 ABSL_FLAG(int32_t, peer_timeout_s, 300,
           "how long a chunk waits for its peer's activations (or for the peer to take them)");
@@ -56,6 +62,7 @@ int main(int argc, char** argv) {
   options.session_idle_timeout = absl::Seconds(absl::GetFlag(FLAGS_session_idle_timeout_s));
   if (options.worker_id.empty()) options.worker_id = absl::GetFlag(FLAGS_listen);
   options.peer_timeout = absl::Seconds(absl::GetFlag(FLAGS_peer_timeout_s));
+  std::shared_ptr<qllm::worker::GrpcPeerTransport> grpc_links;
   if (const std::string t = absl::GetFlag(FLAGS_peer_transport); t == "nccl") {
 #if defined(QLLM_HAVE_CUDA)
     // The CPU engine's shards hand host memory to the links: staged through the GPU.
@@ -65,8 +72,11 @@ int main(int argc, char** argv) {
     QLLM_LOG(ERROR) << "--peer_transport=nccl needs a build with CUDA (nvcc found at configure)";
     return 2;
 #endif
+  } else if (t == "grpc") {
+    grpc_links = std::make_shared<qllm::worker::GrpcPeerTransport>();
+    options.peer_transport = grpc_links;
   } else if (!t.empty()) {
-    QLLM_LOG(ERROR) << "unknown --peer_transport \"" << t << "\" (nccl or empty)";
+    QLLM_LOG(ERROR) << "unknown --peer_transport \"" << t << "\" (nccl, grpc or empty)";
     return 2;
   }
   // A lost device turns the worker's health to NOT_SERVING (the server exists by then: the
@@ -78,7 +88,7 @@ int main(int argc, char** argv) {
     }
   };
   qllm::worker::WorkerCore core(options);
-  qllm::worker::WorkerService service(&core);
+  qllm::worker::WorkerService service(&core, grpc_links.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -92,6 +102,19 @@ int main(int argc, char** argv) {
     return 1;
   }
   serving.store(server.get());
+  if (grpc_links != nullptr) {
+    std::string advertise = absl::GetFlag(FLAGS_advertise);
+    if (advertise.empty()) {
+      const std::string listen = absl::GetFlag(FLAGS_listen);
+      const std::string host = listen.substr(0, listen.rfind(':'));
+      if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") {
+        QLLM_LOG(ERROR) << "--peer_transport=grpc with a wildcard --listen needs --advertise";
+        return 2;
+      }
+      advertise = absl::StrCat(host, ":", port);
+    }
+    grpc_links->set_advertise(advertise);
+  }
   std::thread([&server] {
     const int sig = qllm::WaitForTerminationSignal();
     QLLM_LOG(INFO) << "signal " << sig << ": draining for up to " << kDrainTime.count() << " s";

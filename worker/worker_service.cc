@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "worker/grpc_peer_transport.h"
 #include "worker/rpc_convert.h"
 
 namespace qllm::worker {
@@ -195,6 +196,16 @@ grpc::Status WorkerService::ConnectLink(grpc::ServerContext* context,
     deadline = std::min(deadline, absl::FromChrono(context->deadline()));
   }
   return ToGrpc(core_->ConnectLink(request->session_id(), request->link_id(), role, deadline));
+}
+
+grpc::Status WorkerService::PullActivations(grpc::ServerContext* context,
+                                            const v1::PullActivationsRequest* request,
+                                            grpc::ServerWriter<v1::ActivationMessage>* writer) {
+  if (links_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "this worker has no gRPC peer transport (--peer_transport=grpc)");
+  }
+  return links_->Serve(request->link_id(), context, writer);
 }
 
 }  // namespace qllm::worker

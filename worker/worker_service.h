@@ -8,14 +8,20 @@
 #include "worker/worker_core.h"
 
 namespace qllm::worker {
+class GrpcPeerTransport;
+}  // namespace qllm::worker
+
+namespace qllm::worker {
 
 // Largest message the worker and its clients accept (activations of a long chunk).
 inline constexpr int kMaxRpcMessageBytes = 512 << 20;
 
 class WorkerService final : public v1::Worker::Service {
  public:
-  // `core` must outlive the service.
-  explicit WorkerService(WorkerCore* core) : core_(core) {}
+  // `core` must outlive the service, and so must `links` (the core's gRPC peer transport,
+  // whose streams this service serves; null when the core has another or none).
+  explicit WorkerService(WorkerCore* core, GrpcPeerTransport* links = nullptr)
+      : core_(core), links_(links) {}
 
   grpc::Status Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
                         v1::RegisterResponse* response) override;
@@ -46,9 +52,13 @@ class WorkerService final : public v1::Worker::Service {
                           v1::CreateLinkResponse* response) override;
   grpc::Status ConnectLink(grpc::ServerContext* context, const v1::ConnectLinkRequest* request,
                            v1::ConnectLinkResponse* response) override;
+  grpc::Status PullActivations(grpc::ServerContext* context,
+                               const v1::PullActivationsRequest* request,
+                               grpc::ServerWriter<v1::ActivationMessage>* writer) override;
 
  private:
   WorkerCore* const core_;
+  GrpcPeerTransport* const links_;
 };
 
 // Wire forms of one chunk (shared with the coordinator's gRPC transport).

@@ -47,8 +47,11 @@ bool Eventually(const std::function<bool()>& condition) {
 // One coordinator and three workers, each a process; restartable on the same ports and dirs.
 class Cluster {
  public:
-  Cluster(std::string dir, std::vector<std::string> coordinator_flags)
-      : dir_(std::move(dir)), flags_(std::move(coordinator_flags)) {}
+  Cluster(std::string dir, std::vector<std::string> coordinator_flags,
+          std::vector<std::string> worker_flags = {})
+      : dir_(std::move(dir)),
+        flags_(std::move(coordinator_flags)),
+        worker_flags_(std::move(worker_flags)) {}
 
   void Start() {
     for (int i = 0; i < 3; ++i) StartWorker(i);
@@ -58,10 +61,12 @@ class Cluster {
     if (worker_ports_.size() <= static_cast<size_t>(i)) worker_ports_.resize(i + 1, 0);
     const std::string port_file = absl::StrCat(dir_, "/worker", i, ".port");
     std::filesystem::remove(port_file);
-    auto p = Process::Start({QLLM_WORKER_BIN, absl::StrCat("--listen=127.0.0.1:", worker_ports_[i]),
-                             "--port_file=" + port_file, absl::StrCat("--worker_id=w", i),
-                             absl::StrCat("--store_dir=", dir_, "/store", i)},
-                            absl::StrCat(dir_, "/worker", i, ".log"));
+    std::vector<std::string> argv = {QLLM_WORKER_BIN,
+                                     absl::StrCat("--listen=127.0.0.1:", worker_ports_[i]),
+                                     "--port_file=" + port_file, absl::StrCat("--worker_id=w", i),
+                                     absl::StrCat("--store_dir=", dir_, "/store", i)};
+    argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
+    auto p = Process::Start(argv, absl::StrCat(dir_, "/worker", i, ".log"));
     ASSERT_OK(p.status());
     if (workers_.size() <= static_cast<size_t>(i)) workers_.resize(i + 1);
     workers_[i] = std::move(*p);
@@ -121,6 +126,7 @@ class Cluster {
  private:
   const std::string dir_;
   const std::vector<std::string> flags_;
+  const std::vector<std::string> worker_flags_;
   std::vector<std::unique_ptr<Process>> workers_;
   std::vector<int> worker_ports_;
   std::unique_ptr<Process> coordinator_;
@@ -242,6 +248,67 @@ TEST(ServiceE2eTest, ThreeWorkerProcessesMatchTheSingleProcessEngine) {
   ASSERT_EQ(status.workers_size(), 3);
   EXPECT_EQ(status.workers(0).layer_begin(), 0);
   EXPECT_EQ(status.workers(2).layer_end(), status.model().num_layers());
+  for (const auto& w : status.workers()) EXPECT_EQ(w.open_sessions(), 0);
+  std::filesystem::remove_all(dir);
+}
+
+// Peer links between worker processes (--peer_transport=grpc, the CPU twin of NCCL): the
+// coordinator hands out link ids, activations go worker to worker, and a killed worker fails
+// the request at once instead of leaving its neighbours blocked on their links.
+TEST(ServiceE2eTest, LinkedWorkerProcessesGiveTheEngineAnswerAndSurviveAKilledPeer) {
+  const std::string dir = testing::MakeScratchDir();
+  Cluster cluster(dir, {"--activation_transport=peer", "--chunk_tokens=256"},
+                  {"--peer_transport=grpc", "--peer_timeout_s=600"});
+  ASSERT_NO_FATAL_FAILURE(cluster.Start());
+  Client client(cluster.address());
+  const std::string text = MakeHaystack(90, 7, "The pass key is 40712. Remember it.");
+  for (const auto& [mode, engine_mode] : kModes) {
+    if (engine_mode == worker::AttentionMode::kStreaming) continue;
+    SCOPED_TRACE(worker::AttentionModeName(engine_mode));
+    const AskOutcome a = client.Ask(MakeAsk(kQuestion, text, mode, 10));
+    ASSERT_TRUE(a.status.ok()) << a.status.error_message() << cluster.Logs();
+    EXPECT_EQ(Tokens(a.result), EngineAnswer(text, engine_mode, 10));
+  }
+  v1::DocumentMetadata meta;
+  meta.set_document_id("linked");
+  v1::Document doc;
+  grpc::Status s = client.CreateDocument(meta, text, &doc);
+  ASSERT_TRUE(s.ok()) << s.error_message() << cluster.Logs();
+  v1::AskRequest stored = MakeAsk(kQuestion, "", v1::MemoryParams::MODE_QLLM, 10);
+  stored.set_document_id("linked");
+  const AskOutcome from_doc = client.Ask(stored);
+  ASSERT_TRUE(from_doc.status.ok()) << from_doc.status.error_message() << cluster.Logs();
+  EXPECT_FALSE(from_doc.result.token_ids().empty());
+
+  // Kill the middle worker mid-prefill: stage 0 is sending to it and stage 2 receiving from it
+  // with a 10-minute peer timeout; only the coordinator's abort frees them.
+  const std::string long_text = MakeHaystack(1500, 11, "The pass key is 31337.");
+  bool killed = false;
+  const absl::Time start = absl::Now();
+  const AskOutcome failed =
+      client.Ask(MakeAsk(kQuestion, long_text, v1::MemoryParams::MODE_QLLM, 8), absl::Seconds(120),
+                 [&](const v1::Progress&) {
+                   if (!killed) {
+                     cluster.KillWorker(1);
+                     killed = true;
+                   }
+                   return true;
+                 });
+  EXPECT_TRUE(killed);
+  EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << failed.status.error_message();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(60));
+  ASSERT_NO_FATAL_FAILURE(cluster.StartWorker(1));
+  AskOutcome recovered;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    recovered = client.Ask(MakeAsk(kQuestion, text, v1::MemoryParams::MODE_QLLM, 10));
+    if (recovered.status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(recovered.status.ok()) << recovered.status.error_message() << cluster.Logs();
+  EXPECT_EQ(Tokens(recovered.result), EngineAnswer(text, worker::AttentionMode::kQllm, 10));
+  v1::ClusterStatus status;
+  ASSERT_TRUE(client.ClusterStatus(&status).ok());
   for (const auto& w : status.workers()) EXPECT_EQ(w.open_sessions(), 0);
   std::filesystem::remove_all(dir);
 }

@@ -22,6 +22,7 @@
 #include "tests/testutil/checkpoint_writer.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_paths.h"
+#include "worker/grpc_peer_transport.h"
 #include "worker/memory_config.h"
 #include "worker/peer_transport.h"
 #include "worker/worker_core.h"
@@ -280,6 +281,82 @@ TEST_F(WorkerLinkTest, ALostDeviceMakesTheWorkerUnhealthyNotDead) {
   Activations c = Chunk(8, 5, {1});
   EXPECT_THAT(s1->RunChunk(&c), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_OK(s1->health());
+}
+
+// ---- The gRPC transport, alone ---------------------------------------------------------------
+
+TEST(GrpcPeerTransportTest, CarriesMessagesAndReportsEveryFailurePrecisely) {
+  worker::GrpcPeerTransport t;
+  EXPECT_EQ(t.name(), "grpc");
+  EXPECT_THAT(t.NewLinkId().status(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  // A worker service serving the transport's streams (its core is never used here).
+  WorkerCore core(WorkerOptions{});
+  worker::WorkerService service(&core, &t);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_GT(port, 0);
+  t.set_advertise(absl::StrCat("127.0.0.1:", port));
+
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  ASSERT_OK_AND_ASSIGN(const std::string id, t.NewLinkId());
+  absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> send;
+  std::thread joiner([&] { send = t.Connect(id, LinkRole::kSend, deadline); });
+  ASSERT_OK_AND_ASSIGN(auto receive, t.Connect(id, LinkRole::kReceive, deadline));
+  joiner.join();
+  ASSERT_OK(send.status());
+  for (size_t n : {size_t{1}, size_t{3000}, size_t{1} << 20}) {
+    std::vector<float> msg(n), got(n);
+    for (size_t i = 0; i < n; ++i) msg[i] = static_cast<float>(i % 101) * 0.5f;
+    std::thread sender([&] { EXPECT_OK((*send)->Send(msg.data(), n, deadline)); });
+    ASSERT_OK(receive->Recv(got.data(), n, deadline));
+    sender.join();
+    EXPECT_EQ(got, msg);
+  }
+  std::vector<float> one(1);
+  EXPECT_THAT(receive->Send(one.data(), 1, deadline),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  // Aborting the sending end ends the stream: the receiver learns at once.
+  (*send)->Abort();
+  EXPECT_THAT(receive->Recv(one.data(), 1, absl::Now() + absl::Seconds(30)),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("closed by the sending worker")));
+  EXPECT_THAT((*send)->Send(one.data(), 1, deadline), StatusIs(absl::StatusCode::kUnavailable));
+
+  // Ids: malformed, not issued here (send end), unknown to the issuer (receive end).
+  EXPECT_THAT(t.Connect("nccl:abc", LinkRole::kReceive, deadline).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      t.Connect(absl::StrCat("grpc:127.0.0.1:", port, "/x"), LinkRole::kSend, deadline).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not issued")));
+  EXPECT_THAT(
+      t.Connect(absl::StrCat("grpc:127.0.0.1:", port, "/x"), LinkRole::kReceive, deadline).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("does not know")));
+  // Nobody attaches: the send end gives up at its deadline.
+  ASSERT_OK_AND_ASSIGN(const std::string lonely, t.NewLinkId());
+  EXPECT_THAT(t.Connect(lonely, LinkRole::kSend, absl::Now() + absl::Milliseconds(100)).status(),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  // The receiver takes its time: the sender's wait for it is bounded too, and aborts the link.
+  ASSERT_OK_AND_ASSIGN(const std::string slow, t.NewLinkId());
+  std::thread slow_joiner([&] { send = t.Connect(slow, LinkRole::kSend, deadline); });
+  ASSERT_OK_AND_ASSIGN(auto slow_receive, t.Connect(slow, LinkRole::kReceive, deadline));
+  slow_joiner.join();
+  ASSERT_OK(send.status());
+  EXPECT_OK((*send)->Send(one.data(), 1, deadline));  // Taken by gRPC, not yet read.
+  EXPECT_THAT(slow_receive->Recv(one.data(), 2, deadline),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expects 2")));
+  // A worker that cannot be reached.
+  const absl::Time t0 = absl::Now();
+  const absl::Status unreachable =
+      t.Connect("grpc:127.0.0.1:1/x", LinkRole::kReceive, absl::Now() + absl::Seconds(2)).status();
+  EXPECT_TRUE(absl::IsUnavailable(unreachable) || absl::IsDeadlineExceeded(unreachable))
+      << unreachable;
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(10));
+  send->reset();
+  receive.reset();
+  slow_receive.reset();
+  server->Shutdown();
 }
 
 // ---- Coordinator -----------------------------------------------------------------------------
@@ -546,11 +623,13 @@ TEST_F(CoordinatorLinkTest, AnUnhealthyWorkerIsReportedAndRefusedNotUsed) {
   NullSink sink;
   EXPECT_THAT(c->Ask(ask_, coordinator::CallContext{}, &sink).status(),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("injected")));
-  // The receiving stage lost its device: requests are refused up front, naming it.
+  // The receiving stage lost its device (the sending one too when it got to send first):
+  // requests are refused up front, naming the stage.
   EXPECT_THAT(cores[1]->health(), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(c->Ask(ask_, coordinator::CallContext{}, &sink).status(),
               StatusIs(absl::StatusCode::kUnavailable,
-                       HasSubstr("pipeline stage 1 (in-process:1) is unhealthy")));
+                       ::testing::MatchesRegex("pipeline stage [01] \\(in-process:[01]\\) is "
+                                               "unhealthy: worker w[01] is unhealthy: .*")));
   EXPECT_THAT(c->CheckStages(absl::Now() + absl::Seconds(5)),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("device was lost")));
   const v1::ClusterStatus status = c->GetClusterStatus();
