@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Service benchmark (issue 6): gRPC activation throughput on loopback, and the same long inline
-# question answered in embedded mode and by three worker processes, side by side.
+# question answered in embedded mode and by three worker processes (relayed, and linked worker to
+# worker), side by side.
 #
 #   bench/service/run_service_bench.sh [BUILD_DIR] [extra service_bench flags]
 #

@@ -3,7 +3,8 @@
 //     against an echo worker (same wire format and channel settings as qllm-worker), for chunks
 //     of Llama-3-8B activations (hidden 4096) of growing length;
 //  2. end-to-end time of the same long inline question in embedded mode (--local_workers=3, one
-//     process) and with three qllm-worker processes behind a qllm-coordinator process.
+//     process) and with three qllm-worker processes behind a qllm-coordinator process, the
+//     activations relayed by the coordinator or sent worker to worker (grpc peer links).
 #include <signal.h>
 
 #include <cstdio>
@@ -125,37 +126,49 @@ void EndToEndBench() {
       std::filesystem::temp_directory_path() / absl::StrCat("qllm_service_bench_", getpid());
   std::filesystem::create_directories(dir);
   std::vector<std::unique_ptr<e2e::Process>> procs;
-  std::vector<std::string> workers;
-  for (int i = 0; i < 3; ++i) {
-    const std::string pf = absl::StrCat(dir, "/w", i, ".port");
-    auto p = e2e::Process::Start(
-        {absl::GetFlag(FLAGS_worker_bin), "--listen=127.0.0.1:0", "--port_file=" + pf},
-        absl::StrCat(dir, "/w", i, ".log"));
-    QLLM_CHECK(p.ok());
-    procs.push_back(std::move(*p));
-    auto port = e2e::WaitForPortFile(pf, absl::Seconds(30));
-    QLLM_CHECK(port.ok());
-    workers.push_back(absl::StrCat("127.0.0.1:", *port));
-  }
-  const std::string cpf = dir + "/c.port";
-  auto c = e2e::Process::Start(
-      {absl::GetFlag(FLAGS_coordinator_bin), "--listen=127.0.0.1:0", "--port_file=" + cpf,
-       "--model_dir=" + model_dir, "--workers=" + absl::StrJoin(workers, ",")},
-      dir + "/c.log");
-  QLLM_CHECK(c.ok());
-  procs.push_back(std::move(*c));
-  auto cport = e2e::WaitForPortFile(cpf, absl::Seconds(30));
-  QLLM_CHECK(cport.ok());
-  const std::string distributed_address = absl::StrCat("127.0.0.1:", *cport);
+  // Three worker processes and a coordinator process; returns the coordinator's address.
+  auto start_cluster = [&](const std::string& name, std::vector<std::string> worker_flags,
+                           std::vector<std::string> coordinator_flags) {
+    std::vector<std::string> workers;
+    for (int i = 0; i < 3; ++i) {
+      const std::string pf = absl::StrCat(dir, "/", name, "-w", i, ".port");
+      std::vector<std::string> argv = {absl::GetFlag(FLAGS_worker_bin), "--listen=127.0.0.1:0",
+                                       "--port_file=" + pf};
+      argv.insert(argv.end(), worker_flags.begin(), worker_flags.end());
+      auto p = e2e::Process::Start(argv, absl::StrCat(dir, "/", name, "-w", i, ".log"));
+      QLLM_CHECK(p.ok());
+      procs.push_back(std::move(*p));
+      auto port = e2e::WaitForPortFile(pf, absl::Seconds(30));
+      QLLM_CHECK(port.ok());
+      workers.push_back(absl::StrCat("127.0.0.1:", *port));
+    }
+    const std::string cpf = absl::StrCat(dir, "/", name, "-c.port");
+    std::vector<std::string> argv = {absl::GetFlag(FLAGS_coordinator_bin), "--listen=127.0.0.1:0",
+                                     "--port_file=" + cpf, "--model_dir=" + model_dir,
+                                     "--workers=" + absl::StrJoin(workers, ",")};
+    argv.insert(argv.end(), coordinator_flags.begin(), coordinator_flags.end());
+    auto c = e2e::Process::Start(argv, absl::StrCat(dir, "/", name, "-c.log"));
+    QLLM_CHECK(c.ok());
+    procs.push_back(std::move(*c));
+    auto cport = e2e::WaitForPortFile(cpf, absl::Seconds(30));
+    QLLM_CHECK(cport.ok());
+    return absl::StrCat("127.0.0.1:", *cport);
+  };
+  const std::string relayed = start_cluster("relay", {}, {});
+  const std::string linked =
+      start_cluster("peer", {"--peer_transport=grpc"}, {"--activation_transport=peer"});
 
-  v1::AskResult a, b;
+  v1::AskResult a, b, l;
   // Warm-up: loads the shards.
-  TimeAsk(embedded_address, e2e::MakeAsk("q?", "warm up", v1::MemoryParams::MODE_QLLM, 1), &a);
-  TimeAsk(distributed_address, e2e::MakeAsk("q?", "warm up", v1::MemoryParams::MODE_QLLM, 1), &b);
-  double best_embedded = 1e30, best_distributed = 1e30;
-  for (int r = 0; r < absl::GetFlag(FLAGS_repeats); ++r) {  // Interleaved: same noise for both.
+  const v1::AskRequest warm = e2e::MakeAsk("q?", "warm up", v1::MemoryParams::MODE_QLLM, 1);
+  TimeAsk(embedded_address, warm, &a);
+  TimeAsk(relayed, warm, &b);
+  TimeAsk(linked, warm, &l);
+  double best_embedded = 1e30, best_relayed = 1e30, best_linked = 1e30;
+  for (int r = 0; r < absl::GetFlag(FLAGS_repeats); ++r) {  // Interleaved: same noise for all.
     best_embedded = std::min(best_embedded, TimeAsk(embedded_address, request, &a));
-    best_distributed = std::min(best_distributed, TimeAsk(distributed_address, request, &b));
+    best_relayed = std::min(best_relayed, TimeAsk(relayed, request, &b));
+    best_linked = std::min(best_linked, TimeAsk(linked, request, &l));
   }
   QLLM_CHECK(a.token_ids_size() == b.token_ids_size());
   const int64_t prompt = a.usage().prompt_tokens();
@@ -163,13 +176,16 @@ void EndToEndBench() {
       "\nend-to-end, one long inline question (%lld prompt tokens, qllm mode, %s), best "
       "of %d:\n",
       static_cast<long long>(prompt), model_dir.c_str(), absl::GetFlag(FLAGS_repeats));
-  std::printf("%-34s %10s %14s\n", "setup", "seconds", "prompt tok/s");
-  std::printf("%-34s %10.2f %14.0f\n", "embedded (--local_workers=3)", best_embedded,
+  std::printf("%-47s %10s %14s\n", "setup", "seconds", "prompt tok/s");
+  std::printf("%-47s %10.2f %14.0f\n", "embedded (--local_workers=3)", best_embedded,
               prompt / best_embedded);
-  std::printf("%-34s %10.2f %14.0f\n", "3 worker processes + coordinator", best_distributed,
-              prompt / best_distributed);
-  std::printf("ratio distributed / embedded: %.2f (answers identical: %s)\n",
-              best_distributed / best_embedded, a.text() == b.text() ? "yes" : "NO");
+  std::printf("%-47s %10.2f %14.0f\n", "3 worker processes, relayed by the coordinator",
+              best_relayed, prompt / best_relayed);
+  std::printf("%-47s %10.2f %14.0f\n", "3 worker processes, linked (grpc peer links)", best_linked,
+              prompt / best_linked);
+  std::printf("ratio relayed / embedded: %.2f, linked / relayed: %.2f (answers identical: %s)\n",
+              best_relayed / best_embedded, best_linked / best_relayed,
+              a.text() == b.text() && b.text() == l.text() ? "yes" : "NO");
   procs.clear();
   std::filesystem::remove_all(dir);
 }
