@@ -271,7 +271,7 @@ std::string WorkerCore::peer_transport_name() const {
   return options_.peer_transport == nullptr ? std::string() : options_.peer_transport->name();
 }
 
-absl::StatusOr<std::string> WorkerCore::CreateLink(uint64_t session_id) {
+absl::StatusOr<const ModelShard*> WorkerCore::LinkableShard() const {
   RETURN_IF_ERROR(health());
   if (options_.peer_transport == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -279,6 +279,11 @@ absl::StatusOr<std::string> WorkerCore::CreateLink(uint64_t session_id) {
   }
   const ModelShard* shard = loaded_.load();
   if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
+  return shard;
+}
+
+absl::StatusOr<std::string> WorkerCore::CreateLink(uint64_t session_id) {
+  ASSIGN_OR_RETURN(const ModelShard* shard, LinkableShard());
   if (shard->has_head()) {
     return absl::FailedPreconditionError("the last stage has no next stage to link to");
   }
@@ -299,13 +304,7 @@ absl::StatusOr<std::string> WorkerCore::CreateLink(uint64_t session_id) {
 
 absl::Status WorkerCore::ConnectLink(uint64_t session_id, const std::string& link_id, LinkRole role,
                                      absl::Time deadline) {
-  RETURN_IF_ERROR(health());
-  if (options_.peer_transport == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "worker ", options_.worker_id, " has no peer transport (start it with --peer_transport)"));
-  }
-  const ModelShard* shard = loaded_.load();
-  if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
+  ASSIGN_OR_RETURN(const ModelShard* shard, LinkableShard());
   const bool send = role == LinkRole::kSend;
   if (send && shard->has_head()) {
     return absl::FailedPreconditionError("the last stage sends nothing on");

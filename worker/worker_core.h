@@ -192,6 +192,8 @@ class WorkerCore {
   absl::Status ReleaseSession(const std::shared_ptr<Session>& s);
   void ReapIdleSessions();
   absl::Status RunChunkLocked(Session* s, Activations* chunk);
+  // The loaded shard when the worker is healthy and has a peer transport.
+  absl::StatusOr<const ModelShard*> LinkableShard() const;
   // Passes `status` through; a lost device makes the worker unhealthy first.
   absl::Status Observe(absl::Status status);
 

@@ -170,6 +170,23 @@ std::vector<int32_t> Tokens(const v1::AskResult& r) {
   return std::vector<int32_t>(r.token_ids().begin(), r.token_ids().end());
 }
 
+// Asks about a long document and SIGKILLs worker `i` at the first progress message.
+AskOutcome AskKillingWorkerMidPrefill(Cluster& cluster, Client& client, int i,
+                                      absl::Duration deadline) {
+  const std::string long_text = MakeHaystack(1500, 11, "The pass key is 31337.");
+  bool killed = false;
+  AskOutcome out = client.Ask(MakeAsk(kQuestion, long_text, v1::MemoryParams::MODE_QLLM, 8),
+                              deadline, [&](const v1::Progress&) {
+                                if (!killed) {
+                                  cluster.KillWorker(i);
+                                  killed = true;
+                                }
+                                return true;
+                              });
+  EXPECT_TRUE(killed);
+  return out;
+}
+
 const std::vector<std::pair<Mode, worker::AttentionMode>> kModes = {
     {v1::MemoryParams::MODE_FULL, worker::AttentionMode::kFull},
     {v1::MemoryParams::MODE_STREAMING, worker::AttentionMode::kStreaming},
@@ -282,19 +299,8 @@ TEST(ServiceE2eTest, LinkedWorkerProcessesGiveTheEngineAnswerAndSurviveAKilledPe
 
   // Kill the middle worker mid-prefill: stage 0 is sending to it and stage 2 receiving from it
   // with a 10-minute peer timeout; only the coordinator's abort frees them.
-  const std::string long_text = MakeHaystack(1500, 11, "The pass key is 31337.");
-  bool killed = false;
   const absl::Time start = absl::Now();
-  const AskOutcome failed =
-      client.Ask(MakeAsk(kQuestion, long_text, v1::MemoryParams::MODE_QLLM, 8), absl::Seconds(120),
-                 [&](const v1::Progress&) {
-                   if (!killed) {
-                     cluster.KillWorker(1);
-                     killed = true;
-                   }
-                   return true;
-                 });
-  EXPECT_TRUE(killed);
+  const AskOutcome failed = AskKillingWorkerMidPrefill(cluster, client, 1, absl::Seconds(120));
   EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << failed.status.error_message();
   EXPECT_LT(absl::Now() - start, absl::Seconds(60));
@@ -385,19 +391,8 @@ TEST(ServiceE2eTest, AWorkerKilledMidAnswerGivesUnavailableAndTheServiceRecovers
       client.Ask(MakeAsk(kQuestion, short_text, v1::MemoryParams::MODE_QLLM, 8));
   ASSERT_TRUE(baseline.status.ok()) << baseline.status.error_message();
 
-  const std::string long_text = MakeHaystack(1500, 11, "The pass key is 31337.");
-  bool killed = false;
   const absl::Time start = absl::Now();
-  const AskOutcome failed =
-      client.Ask(MakeAsk(kQuestion, long_text, v1::MemoryParams::MODE_QLLM, 8), absl::Seconds(60),
-                 [&](const v1::Progress&) {
-                   if (!killed) {
-                     cluster.KillWorker(1);
-                     killed = true;
-                   }
-                   return true;
-                 });
-  EXPECT_TRUE(killed);
+  const AskOutcome failed = AskKillingWorkerMidPrefill(cluster, client, 1, absl::Seconds(60));
   EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << failed.status.error_message();
   EXPECT_THAT(failed.status.error_message(), HasSubstr(cluster.worker_address(1)));
