@@ -184,10 +184,11 @@ absl::Status RunPipelined(const std::vector<ChunkStream*>& streams, std::vector<
           queues[s].pop_front();
         }
         absl::Status st = streams[s]->Run(peer ? &parts[i][s] : &chunks[i]);
+        const bool ok = st.ok();
         bool first = false;
         {
           absl::MutexLock lock(&mu);
-          if (!st.ok()) {
+          if (!ok) {
             first = fail(std::move(st));
           } else if (!peer) {
             queues[s + 1].push_back(i);
@@ -204,7 +205,7 @@ absl::Status RunPipelined(const std::vector<ChunkStream*>& streams, std::vector<
             queues[num_stages].push_back(i);
           }
         }
-        if (!st.ok()) {
+        if (!ok) {
           after_failure(first);
           return;
         }
@@ -225,10 +226,11 @@ absl::Status RunPipelined(const std::vector<ChunkStream*>& streams, std::vector<
       queues[num_stages].pop_front();
     }
     absl::Status st = on_output(chunks[i]);
+    const bool ok = st.ok();
     bool first = false;
     {
       absl::MutexLock lock(&mu);
-      if (!st.ok()) {
+      if (!ok) {
         first = fail(std::move(st));
       } else {
         ++consumed;
@@ -236,7 +238,7 @@ absl::Status RunPipelined(const std::vector<ChunkStream*>& streams, std::vector<
         if (admitted < num_chunks) admit();
       }
     }
-    if (!st.ok()) {
+    if (!ok) {
       after_failure(first);
       break;
     }
@@ -802,17 +804,32 @@ absl::Status Coordinator::ConnectLinks(uint64_t session_id, absl::Time deadline)
     });
   }
   for (std::thread& t : threads) t.join();
+  // An end that failed by itself explains more than its partner's timeout waiting for it (an
+  // end cannot be interrupted while it joins, so the partner waits out the deadline).
+  size_t worst = results.size();
   for (size_t k = 0; k < results.size(); ++k) {
-    if (!results[k].ok()) return StageError(k / 2 + k % 2, results[k]);
+    if (results[k].ok()) continue;
+    if (worst == results.size() ||
+        (absl::IsDeadlineExceeded(results[worst]) && !absl::IsDeadlineExceeded(results[k]))) {
+      worst = k;
+    }
   }
+  if (worst < results.size()) return StageError(worst / 2 + worst % 2, results[worst]);
   return absl::OkStatus();
 }
 
 std::function<void()> Coordinator::LinkAborter(uint64_t session_id) const {
   return [this, session_id] {
     // Closing the session on a worker aborts its links; the guard closes it again (a no-op).
+    // All at once: a stage that does not answer must not delay the others' release.
     const absl::Time deadline = absl::Now() + options_.control_timeout;
-    for (const auto& stage : stages_) stage->CloseSession(session_id, deadline).IgnoreError();
+    std::vector<std::thread> closers;
+    for (const auto& stage : stages_) {
+      closers.emplace_back([&stage, session_id, deadline] {
+        stage->CloseSession(session_id, deadline).IgnoreError();
+      });
+    }
+    for (std::thread& t : closers) t.join();
   };
 }
 

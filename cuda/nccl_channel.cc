@@ -128,6 +128,9 @@ class HostStagedChannel final : public worker::ActivationChannel {
     absl::MutexLock lock(&mu_);
     RETURN_IF_ERROR(Reserve(count));
     CUDA_RETURN_IF_ERROR(cudaMemcpy(buffer_, data, count * sizeof(float), cudaMemcpyHostToDevice));
+    // From pageable memory cudaMemcpy may return before the DMA lands, and NCCL reads the
+    // buffer on its own non-blocking stream: wait for the copy.
+    CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
     return inner_->Send(buffer_, count, deadline);
   }
   absl::Status Recv(float* data, size_t count, absl::Time deadline) override {

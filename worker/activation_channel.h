@@ -25,7 +25,9 @@ class ActivationChannel {
   virtual absl::Status Send(const float* data, size_t count, absl::Time deadline) = 0;
   // Receives exactly `count` floats. INVALID_ARGUMENT when the peer sent another size.
   virtual absl::Status Recv(float* data, size_t count, absl::Time deadline) = 0;
-  // Fails every pending and later call with UNAVAILABLE, on both ends.
+  // Fails every pending and later call of this end with UNAVAILABLE. In-process channels abort
+  // both ends; an NCCL or gRPC peer learns when its own end fails or times out (the coordinator
+  // therefore closes the session on every worker after a failure).
   virtual void Abort() = 0;
 };
 

@@ -2,6 +2,8 @@
 
 #include <cstring>
 #include <deque>
+#include <functional>
+#include <iterator>
 #include <random>
 #include <thread>
 #include <utility>
@@ -23,6 +25,8 @@ struct GrpcPeerTransport::Outbox {
   std::deque<std::string> queue ABSL_GUARDED_BY(mu);
   uint64_t sent ABSL_GUARDED_BY(mu) = 0;
   uint64_t written ABSL_GUARDED_BY(mu) = 0;
+  bool send_taken ABSL_GUARDED_BY(mu) = false;  // Connect(kSend) claimed it.
+  const absl::Time created = absl::Now();
 
   void Abort(absl::string_view reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (!aborted) why = std::string(reason);
@@ -35,11 +39,18 @@ namespace {
 constexpr absl::string_view kScheme = "grpc:";
 // How often a waiting stream handler checks whether its client went away.
 constexpr absl::Duration kPoll = absl::Milliseconds(100);
+// A link nobody connected to this long is dropped (its session failed during setup).
+constexpr absl::Duration kUnclaimedLinkTtl = absl::Minutes(10);
 
 class SendEnd final : public ActivationChannel {
  public:
-  explicit SendEnd(std::shared_ptr<GrpcPeerTransport::Outbox> box) : box_(std::move(box)) {}
-  ~SendEnd() override { Abort(); }
+  // `forget` drops the link from the transport's table.
+  SendEnd(std::shared_ptr<GrpcPeerTransport::Outbox> box, std::function<void()> forget)
+      : box_(std::move(box)), forget_(std::move(forget)) {}
+  ~SendEnd() override {
+    Abort();
+    forget_();
+  }
 
   absl::Status Send(const float* data, size_t count, absl::Time deadline) override {
     GrpcPeerTransport::Outbox& b = *box_;
@@ -68,6 +79,7 @@ class SendEnd final : public ActivationChannel {
 
  private:
   const std::shared_ptr<GrpcPeerTransport::Outbox> box_;
+  const std::function<void()> forget_;
 };
 
 class ReceiveEnd final : public ActivationChannel {
@@ -99,6 +111,7 @@ class ReceiveEnd final : public ActivationChannel {
   }
   absl::Status Recv(float* data, size_t count, absl::Time deadline) override {
     absl::MutexLock lock(&mu_);
+    if (aborted_) return end_status_;
     auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ended_ || !queue_.empty(); };
     if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) {
       ended_ = true;
@@ -118,6 +131,7 @@ class ReceiveEnd final : public ActivationChannel {
   }
   void Abort() override {
     absl::MutexLock lock(&mu_);
+    aborted_ = true;
     if (!ended_) {
       ended_ = true;
       end_status_ = absl::UnavailableError("peer link aborted by the receiving worker");
@@ -157,6 +171,7 @@ class ReceiveEnd final : public ActivationChannel {
   absl::Mutex mu_;
   bool hello_ ABSL_GUARDED_BY(mu_) = false;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool aborted_ ABSL_GUARDED_BY(mu_) = false;  // By this end: queued messages are dropped.
   absl::Status end_status_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
 };
@@ -197,6 +212,13 @@ absl::StatusOr<std::string> GrpcPeerTransport::NewLinkId() {
   if (advertise_.empty()) {
     return absl::FailedPreconditionError("the gRPC peer transport has no advertised address");
   }
+  const absl::Time stale = absl::Now() - kUnclaimedLinkTtl;
+  for (auto it = outboxes_.begin(); it != outboxes_.end();) {
+    Outbox& b = *it->second;
+    absl::MutexLock box_lock(&b.mu);
+    const bool unclaimed = !b.send_taken && !b.attached && b.created < stale;
+    it = unclaimed ? outboxes_.erase(it) : std::next(it);
+  }
   std::string id = absl::StrCat(kScheme, advertise_, "/", absl::Hex(salt_), "-", ++next_);
   outboxes_.emplace(id, std::make_shared<Outbox>());
   return id;
@@ -235,16 +257,33 @@ absl::StatusOr<std::unique_ptr<ActivationChannel>> GrpcPeerTransport::Connect(co
       }
       box = it->second;
     }
-    absl::MutexLock lock(&box->mu);
-    auto attached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(box->mu) {
-      return box->attached || box->aborted;
+    auto forget = [this, id] {
+      absl::MutexLock lock(&mu_);
+      outboxes_.erase(id);
     };
-    if (!box->mu.AwaitWithDeadline(absl::Condition(&attached), deadline)) {
-      box->Abort("the receiving worker did not attach in time");
-      return absl::DeadlineExceededError("the receiving worker did not attach the link in time");
+    absl::Status status;
+    {
+      absl::MutexLock lock(&box->mu);
+      if (box->send_taken) {
+        return absl::AlreadyExistsError(absl::StrCat("the send end of link \"", id, "\" is taken"));
+      }
+      box->send_taken = true;
+      auto attached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(box->mu) {
+        return box->attached || box->aborted;
+      };
+      if (!box->mu.AwaitWithDeadline(absl::Condition(&attached), deadline)) {
+        box->Abort("the receiving worker did not attach in time");
+        status =
+            absl::DeadlineExceededError("the receiving worker did not attach the link in time");
+      } else if (box->aborted) {
+        status = absl::UnavailableError(absl::StrCat("peer link aborted: ", box->why));
+      }
     }
-    if (box->aborted) return absl::UnavailableError(absl::StrCat("peer link aborted: ", box->why));
-    return std::unique_ptr<ActivationChannel>(new SendEnd(box));
+    if (!status.ok()) {
+      forget();
+      return status;
+    }
+    return std::unique_ptr<ActivationChannel>(new SendEnd(box, std::move(forget)));
   }
   auto stub = v1::Worker::NewStub(ChannelTo(address));
   auto end = std::make_unique<ReceiveEnd>();
@@ -284,10 +323,15 @@ grpc::Status GrpcPeerTransport::Serve(const std::string& link_id, grpc::ServerCo
     if (box->attached) {
       return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "link already attached");
     }
-    if (box->aborted) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "link aborted");
     box->attached = true;
   }
   Cleanup cleanup{this, link_id, box};
+  {
+    absl::MutexLock lock(&box->mu);
+    if (box->aborted) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, absl::StrCat("link aborted: ", box->why));
+    }
+  }
   v1::ActivationMessage hello;
   hello.set_hello(true);
   if (!writer->Write(hello)) return grpc::Status(grpc::StatusCode::CANCELLED, "receiver gone");

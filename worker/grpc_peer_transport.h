@@ -20,6 +20,7 @@
 
 namespace qllm::worker {
 
+// Must outlive the channels it returns.
 class GrpcPeerTransport final : public PeerTransport {
  public:
   GrpcPeerTransport();
@@ -33,9 +34,10 @@ class GrpcPeerTransport final : public PeerTransport {
   bool device_memory() const override { return false; }
   // FAILED_PRECONDITION before set_advertise.
   absl::StatusOr<std::string> NewLinkId() override;
-  // kSend: the id must be one this transport issued (INVALID_ARGUMENT otherwise); waits for the
-  // receiver to attach. kReceive: opens the stream to the issuing worker and waits for its
-  // hello. DEADLINE_EXCEEDED past `deadline`; UNAVAILABLE when the peer cannot be reached.
+  // kSend: the id must be one this transport issued (INVALID_ARGUMENT otherwise, ALREADY_EXISTS
+  // when its send end is taken); waits for the receiver to attach. kReceive: opens the stream to
+  // the issuing worker and waits for its hello. DEADLINE_EXCEEDED past `deadline`; UNAVAILABLE when
+  // the peer cannot be reached.
   absl::StatusOr<std::unique_ptr<ActivationChannel>> Connect(const std::string& id, LinkRole role,
                                                              absl::Time deadline) override;
 
@@ -53,7 +55,8 @@ class GrpcPeerTransport final : public PeerTransport {
   std::string advertise_ ABSL_GUARDED_BY(mu_);
   uint64_t next_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t salt_ = 0;
-  // Links issued here whose stream has not ended, by id.
+  // Links issued here whose send end or stream is alive, by id (unclaimed ones are dropped
+  // after kUnclaimedLinkTtl).
   std::map<std::string, std::shared_ptr<Outbox>> outboxes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
 };

@@ -288,16 +288,13 @@ absl::StatusOr<std::string> WorkerCore::CreateLink(uint64_t session_id) {
     return absl::FailedPreconditionError("the last stage has no next stage to link to");
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Session> s, FindSession(session_id));
-  {
-    absl::MutexLock links(&s->link_mu);
-    if (!s->issued_link.empty() || s->downstream != nullptr) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("session ", session_id, " has a link to the next stage"));
-    }
+  absl::MutexLock links(&s->link_mu);  // NewLinkId does not wait for anybody.
+  if (!s->issued_link.empty() || s->downstream != nullptr) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("session ", session_id, " has a link to the next stage"));
   }
   auto id = options_.peer_transport->NewLinkId();
   if (!id.ok()) return Observe(id.status());
-  absl::MutexLock links(&s->link_mu);
   s->issued_link = *id;
   return *id;
 }
@@ -459,11 +456,24 @@ WorkerStatsSnapshot WorkerCore::GetStats() const {
   return out;
 }
 
+void WorkerCore::AbortLinksAt(absl::Time when) {
+  absl::MutexLock lock(&reaper_mu_);
+  abort_links_at_ = when;
+}
+
 void WorkerCore::ReapIdleSessions() {
   absl::MutexLock lock(&reaper_mu_);
   while (!stop_) {
     reaper_mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Seconds(1));
     if (stop_) break;
+    if (absl::Now() >= abort_links_at_) {
+      absl::MutexLock sessions_lock(&mu_);
+      for (const auto& [id, s] : sessions_) {
+        absl::MutexLock links(&s->link_mu);
+        if (s->upstream != nullptr) s->upstream->Abort();
+        if (s->downstream != nullptr) s->downstream->Abort();
+      }
+    }
     const absl::Time cutoff = absl::Now() - options_.session_idle_timeout;
     std::vector<uint64_t> idle;
     {

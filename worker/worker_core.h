@@ -147,6 +147,11 @@ class WorkerCore {
   absl::Status ConnectLink(uint64_t session_id, const std::string& link_id, LinkRole role,
                            absl::Time deadline);
 
+  // Aborts every session's links once `when` has passed (checked about once a second). A chunk
+  // blocked on a link does not notice its RPC's cancellation: a draining server calls this with
+  // its drain deadline so that shutdown does not wait for peer_timeout.
+  void AbortLinksAt(absl::Time when);
+
   // OK while healthy. After a lost device (an engine error marked by common/device_error.h)
   // the UNAVAILABLE error that made the worker unhealthy: every later call that would use the
   // engine fails with it (closing sessions and the documents' listing and deletion still
@@ -214,6 +219,7 @@ class WorkerCore {
 
   absl::Mutex reaper_mu_;
   bool stop_ ABSL_GUARDED_BY(reaper_mu_) = false;
+  absl::Time abort_links_at_ ABSL_GUARDED_BY(reaper_mu_) = absl::InfiniteFuture();
   std::thread reaper_;
 };
 

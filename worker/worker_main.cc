@@ -115,10 +115,12 @@ int main(int argc, char** argv) {
     }
     grpc_links->set_advertise(advertise);
   }
-  std::thread([&server] {
+  std::thread([&server, &core] {
     const int sig = qllm::WaitForTerminationSignal();
     QLLM_LOG(INFO) << "signal " << sig << ": draining for up to " << kDrainTime.count() << " s";
     server->GetHealthCheckService()->SetServingStatus(false);
+    // Chunks blocked on a peer link would outlast the drain: abort the links at its end.
+    core.AbortLinksAt(absl::Now() + absl::FromChrono(kDrainTime));
     server->Shutdown(std::chrono::system_clock::now() + kDrainTime);
   }).detach();
   if (const std::string f = absl::GetFlag(FLAGS_port_file); !f.empty()) {

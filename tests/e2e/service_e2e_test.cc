@@ -297,12 +297,15 @@ TEST(ServiceE2eTest, LinkedWorkerProcessesGiveTheEngineAnswerAndSurviveAKilledPe
   ASSERT_TRUE(from_doc.status.ok()) << from_doc.status.error_message() << cluster.Logs();
   EXPECT_FALSE(from_doc.result.token_ids().empty());
 
-  // Kill the middle worker mid-prefill: stage 0 is sending to it and stage 2 receiving from it
-  // with a 10-minute peer timeout; only the coordinator's abort frees them.
+  // Kill the middle worker mid-prefill while stage 0 sends to it and stage 2 receives from it
+  // (peer timeout 10 minutes): the request fails at once with UNAVAILABLE naming a worker (the
+  // first to notice: the dead one's stream, or a neighbour's broken link), nothing stays
+  // blocked, and the service recovers when the worker is back.
   const absl::Time start = absl::Now();
   const AskOutcome failed = AskKillingWorkerMidPrefill(cluster, client, 1, absl::Seconds(120));
   EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << failed.status.error_message();
+  EXPECT_THAT(failed.status.error_message(), HasSubstr("worker 127.0.0.1:"));
   EXPECT_LT(absl::Now() - start, absl::Seconds(60));
   ASSERT_NO_FATAL_FAILURE(cluster.StartWorker(1));
   AskOutcome recovered;
