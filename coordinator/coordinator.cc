@@ -1,6 +1,7 @@
 #include "coordinator/coordinator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <deque>
 #include <map>
@@ -790,29 +791,30 @@ absl::Status Coordinator::ConnectLinks(uint64_t session_id, absl::Time deadline)
     if (!id.ok()) return StageError(s, id.status());
     ids[s] = std::move(*id);
   }
-  // Both ends of every link join at once: creating an NCCL communicator is collective.
+  // Both ends of every link join at once: creating an NCCL communicator is collective. The
+  // first end to fail closes the session everywhere, which cancels the joins still waiting
+  // for it (they would otherwise wait out the deadline).
   std::vector<absl::Status> results(2 * links);
+  std::atomic<bool> failed{false};
+  const std::function<void()> abort = LinkAborter(session_id);
+  auto join = [&](size_t k, size_t stage, worker::LinkRole role) {
+    results[k] = stages_[stage]->ConnectLink(session_id, ids[k / 2], role, deadline);
+    if (!results[k].ok() && !failed.exchange(true)) abort();
+  };
   std::vector<std::thread> threads;
   for (size_t s = 0; s < links; ++s) {
-    threads.emplace_back([&, s] {
-      results[2 * s] =
-          stages_[s]->ConnectLink(session_id, ids[s], worker::LinkRole::kSend, deadline);
-    });
-    threads.emplace_back([&, s] {
-      results[2 * s + 1] =
-          stages_[s + 1]->ConnectLink(session_id, ids[s], worker::LinkRole::kReceive, deadline);
-    });
+    threads.emplace_back(join, 2 * s, s, worker::LinkRole::kSend);
+    threads.emplace_back(join, 2 * s + 1, s + 1, worker::LinkRole::kReceive);
   }
   for (std::thread& t : threads) t.join();
-  // An end that failed by itself explains more than its partner's timeout waiting for it (an
-  // end cannot be interrupted while it joins, so the partner waits out the deadline).
+  // Report the end that failed by itself, not a partner cancelled or timed out because of it.
+  auto rank = [](const absl::Status& st) {
+    return absl::IsCancelled(st) ? 1 : absl::IsDeadlineExceeded(st) ? 2 : 0;
+  };
   size_t worst = results.size();
   for (size_t k = 0; k < results.size(); ++k) {
     if (results[k].ok()) continue;
-    if (worst == results.size() ||
-        (absl::IsDeadlineExceeded(results[worst]) && !absl::IsDeadlineExceeded(results[k]))) {
-      worst = k;
-    }
+    if (worst == results.size() || rank(results[k]) < rank(results[worst])) worst = k;
   }
   if (worst < results.size()) return StageError(worst / 2 + worst % 2, results[worst]);
   return absl::OkStatus();

@@ -167,12 +167,13 @@ class NcclPeerTransport final : public worker::PeerTransport {
   std::string name() const override { return "nccl"; }
   bool device_memory() const override { return !host_memory_; }
   absl::StatusOr<std::string> NewLinkId() override { return NewNcclUniqueId(); }
-  absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> Connect(const std::string& id,
-                                                                     worker::LinkRole role,
-                                                                     absl::Time deadline) override {
+  using worker::PeerTransport::Connect;
+  absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> Connect(
+      const std::string& id, worker::LinkRole role, absl::Time deadline,
+      const std::atomic<bool>* cancel) override {
     ASSIGN_OR_RETURN(
         std::unique_ptr<worker::ActivationChannel> channel,
-        NewNcclChannel(id, role == worker::LinkRole::kSend ? 0 : 1, device_, deadline));
+        NewNcclChannel(id, role == worker::LinkRole::kSend ? 0 : 1, device_, deadline, cancel));
     if (!host_memory_) return channel;
     return std::unique_ptr<worker::ActivationChannel>(
         new HostStagedChannel(std::move(channel), device_));
@@ -197,7 +198,8 @@ absl::StatusOr<std::string> NewNcclUniqueId() {
 }
 
 absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> NewNcclChannel(
-    const std::string& unique_id, int rank, int device, absl::Time deadline) {
+    const std::string& unique_id, int rank, int device, absl::Time deadline,
+    const std::atomic<bool>* cancel) {
   ncclUniqueId id;
   if (unique_id.size() != sizeof(id.internal)) {
     return absl::InvalidArgumentError(absl::StrCat("NCCL unique id must be ", sizeof(id.internal),
@@ -211,10 +213,12 @@ absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> NewNcclChannel(
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommInitRankConfig(&comm, 2, id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) return NcclError(r, "ncclCommInitRankConfig");
-  const std::atomic<bool> aborted{false};
-  if (absl::Status s = WaitFor(comm, nullptr, deadline, &aborted, "ncclCommInitRankConfig");
+  const std::atomic<bool> never{false};
+  if (absl::Status s = WaitFor(comm, nullptr, deadline, cancel != nullptr ? cancel : &never,
+                               "ncclCommInitRankConfig");
       !s.ok()) {
     ncclCommAbort(comm);
+    if (cancel != nullptr && cancel->load()) return absl::CancelledError("link setup cancelled");
     return s;
   }
   cudaStream_t stream = nullptr;

@@ -7,6 +7,7 @@
 #ifndef QLLM_CUDA_NCCL_CHANNEL_H_
 #define QLLM_CUDA_NCCL_CHANNEL_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -23,8 +24,10 @@ absl::StatusOr<std::string> NewNcclUniqueId();
 // The channel end of `rank` (0 or 1) in a two-rank communicator on `device`.
 // INVALID_ARGUMENT for a malformed id or rank; DEADLINE_EXCEEDED when the peer does not join
 // before `deadline`; UNAVAILABLE for NCCL / CUDA failures.
+// CANCELLED soon after *cancel (when given) turns true while the peer has not joined.
 absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> NewNcclChannel(
-    const std::string& unique_id, int rank, int device, absl::Time deadline);
+    const std::string& unique_id, int rank, int device, absl::Time deadline,
+    const std::atomic<bool>* cancel = nullptr);
 
 // The NCCL peer transport of a worker on `device` (worker/peer_transport.h, name "nccl"): link
 // ids are NCCL unique ids, issued by the upstream worker (which hosts NCCL's bootstrap root for

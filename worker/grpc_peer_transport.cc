@@ -1,5 +1,7 @@
 #include "worker/grpc_peer_transport.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -91,16 +93,24 @@ class ReceiveEnd final : public ActivationChannel {
   }
 
   // Opens the stream and waits for the hello.
-  absl::Status Start(v1::Worker::Stub* stub, const std::string& id, absl::Time deadline) {
+  absl::Status Start(v1::Worker::Stub* stub, const std::string& id, absl::Time deadline,
+                     const std::atomic<bool>* cancel) {
     v1::PullActivationsRequest request;
     request.set_link_id(id);
     reader_ = stub->PullActivations(&context_, request);
     reader_thread_ = std::thread([this] { ReadLoop(); });
     absl::MutexLock lock(&mu_);
     auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return hello_ || ended_; };
-    if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) {
-      context_.TryCancel();
-      return absl::DeadlineExceededError("the sending worker did not attach the link in time");
+    while (
+        !mu_.AwaitWithDeadline(absl::Condition(&ready), std::min(deadline, absl::Now() + kPoll))) {
+      if (cancel != nullptr && cancel->load()) {
+        context_.TryCancel();
+        return absl::CancelledError("link setup cancelled");
+      }
+      if (absl::Now() >= deadline) {
+        context_.TryCancel();
+        return absl::DeadlineExceededError("the sending worker did not attach the link in time");
+      }
     }
     if (!hello_) return end_status_;
     return absl::OkStatus();
@@ -239,9 +249,8 @@ std::shared_ptr<grpc::Channel> GrpcPeerTransport::ChannelTo(const std::string& a
   return c;
 }
 
-absl::StatusOr<std::unique_ptr<ActivationChannel>> GrpcPeerTransport::Connect(const std::string& id,
-                                                                              LinkRole role,
-                                                                              absl::Time deadline) {
+absl::StatusOr<std::unique_ptr<ActivationChannel>> GrpcPeerTransport::Connect(
+    const std::string& id, LinkRole role, absl::Time deadline, const std::atomic<bool>* cancel) {
   std::string address;
   if (!ParseId(id, &address)) {
     return absl::InvalidArgumentError(absl::StrCat("malformed gRPC link id \"", id, "\""));
@@ -271,11 +280,21 @@ absl::StatusOr<std::unique_ptr<ActivationChannel>> GrpcPeerTransport::Connect(co
       auto attached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(box->mu) {
         return box->attached || box->aborted;
       };
-      if (!box->mu.AwaitWithDeadline(absl::Condition(&attached), deadline)) {
-        box->Abort("the receiving worker did not attach in time");
-        status =
-            absl::DeadlineExceededError("the receiving worker did not attach the link in time");
-      } else if (box->aborted) {
+      while (!box->mu.AwaitWithDeadline(absl::Condition(&attached),
+                                        std::min(deadline, absl::Now() + kPoll))) {
+        if (cancel != nullptr && cancel->load()) {
+          box->Abort("link setup cancelled");
+          status = absl::CancelledError("link setup cancelled");
+          break;
+        }
+        if (absl::Now() >= deadline) {
+          box->Abort("the receiving worker did not attach in time");
+          status =
+              absl::DeadlineExceededError("the receiving worker did not attach the link in time");
+          break;
+        }
+      }
+      if (status.ok() && box->aborted) {
         status = absl::UnavailableError(absl::StrCat("peer link aborted: ", box->why));
       }
     }
@@ -287,7 +306,7 @@ absl::StatusOr<std::unique_ptr<ActivationChannel>> GrpcPeerTransport::Connect(co
   }
   auto stub = v1::Worker::NewStub(ChannelTo(address));
   auto end = std::make_unique<ReceiveEnd>();
-  if (absl::Status s = end->Start(stub.get(), id, deadline); !s.ok()) {
+  if (absl::Status s = end->Start(stub.get(), id, deadline, cancel); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("link to ", address, ": ", s.message()));
   }
   return std::unique_ptr<ActivationChannel>(std::move(end));

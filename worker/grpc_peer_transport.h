@@ -38,8 +38,10 @@ class GrpcPeerTransport final : public PeerTransport {
   // when its send end is taken); waits for the receiver to attach. kReceive: opens the stream to
   // the issuing worker and waits for its hello. DEADLINE_EXCEEDED past `deadline`; UNAVAILABLE when
   // the peer cannot be reached.
-  absl::StatusOr<std::unique_ptr<ActivationChannel>> Connect(const std::string& id, LinkRole role,
-                                                             absl::Time deadline) override;
+  using PeerTransport::Connect;
+  absl::StatusOr<std::unique_ptr<ActivationChannel>> Connect(
+      const std::string& id, LinkRole role, absl::Time deadline,
+      const std::atomic<bool>* cancel) override;
 
   // Serves Worker.PullActivations: attaches the stream to the link and writes its messages
   // until the link ends. NOT_FOUND for an unknown link id, ALREADY_EXISTS when attached.

@@ -29,8 +29,10 @@ class InProcessPeerTransport final : public PeerTransport {
     return absl::StrCat(kPrefix, n);
   }
 
+  using PeerTransport::Connect;
   absl::StatusOr<std::unique_ptr<ActivationChannel>> Connect(const std::string& id, LinkRole role,
-                                                             absl::Time) override {
+                                                             absl::Time,
+                                                             const std::atomic<bool>*) override {
     uint64_t n = 0;
     absl::MutexLock lock(&mu_);
     auto it = pending_.end();

@@ -7,6 +7,7 @@
 #ifndef QLLM_WORKER_PEER_TRANSPORT_H_
 #define QLLM_WORKER_PEER_TRANSPORT_H_
 
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -36,10 +37,15 @@ class PeerTransport {
   // This worker's end of link `id`. Blocks until the end is usable: for NCCL until both ends
   // joined. Errors: INVALID_ARGUMENT for an id this transport cannot parse or does not know;
   // ALREADY_EXISTS when the role's end was taken; DEADLINE_EXCEEDED when the peer does not join
-  // in time; UNAVAILABLE for transport failures.
-  virtual absl::StatusOr<std::unique_ptr<ActivationChannel>> Connect(const std::string& id,
-                                                                     LinkRole role,
-                                                                     absl::Time deadline) = 0;
+  // in time; CANCELLED soon after *cancel turns true (when given: the session closed, e.g.
+  // because the other end failed); UNAVAILABLE for transport failures.
+  virtual absl::StatusOr<std::unique_ptr<ActivationChannel>> Connect(
+      const std::string& id, LinkRole role, absl::Time deadline,
+      const std::atomic<bool>* cancel) = 0;
+  absl::StatusOr<std::unique_ptr<ActivationChannel>> Connect(const std::string& id, LinkRole role,
+                                                             absl::Time deadline) {
+    return Connect(id, role, deadline, nullptr);
+  }
 };
 
 // Links between workers of one process (the embedded coordinator's stages, tests): ids name

@@ -172,6 +172,7 @@ absl::Status WorkerCore::ReleaseSession(const std::shared_ptr<Session>& s) {
   {  // A chunk blocked on a link returns at once (UNAVAILABLE), on both ends of the link.
     absl::MutexLock links(&s->link_mu);
     s->closing = true;
+    s->closing_now.store(true);
     if (s->upstream != nullptr) s->upstream->Abort();
     if (s->downstream != nullptr) s->downstream->Abort();
   }
@@ -326,7 +327,7 @@ absl::Status WorkerCore::ConnectLink(uint64_t session_id, const std::string& lin
                                                    send ? "sending" : "receiving", " link"));
     }
   }
-  auto channel = options_.peer_transport->Connect(link_id, role, deadline);
+  auto channel = options_.peer_transport->Connect(link_id, role, deadline, &s->closing_now);
   if (!channel.ok()) return Observe(channel.status());
   std::shared_ptr<ActivationChannel> end = std::move(*channel);
   absl::MutexLock links(&s->link_mu);

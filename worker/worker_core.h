@@ -187,6 +187,7 @@ class WorkerCore {
     std::shared_ptr<ActivationChannel> upstream ABSL_GUARDED_BY(link_mu);
     std::shared_ptr<ActivationChannel> downstream ABSL_GUARDED_BY(link_mu);
     bool closing ABSL_GUARDED_BY(link_mu) = false;
+    std::atomic<bool> closing_now{false};  // `closing`, readable by a joining link end.
   };
 
   SessionOptions MakeOptions(const SessionSpec& spec, uint64_t owner) const;

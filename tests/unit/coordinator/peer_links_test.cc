@@ -234,8 +234,9 @@ class LostDeviceTransport final : public worker::PeerTransport {
   std::string name() const override { return "lost-device"; }
   bool device_memory() const override { return false; }
   absl::StatusOr<std::string> NewLinkId() override { return std::string("link"); }
-  absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> Connect(const std::string&, LinkRole,
-                                                                     absl::Time) override {
+  using worker::PeerTransport::Connect;
+  absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> Connect(
+      const std::string&, LinkRole, absl::Time, const std::atomic<bool>*) override {
     class Broken final : public worker::ActivationChannel {
      public:
       absl::Status Send(const float*, size_t, absl::Time) override {
@@ -369,11 +370,13 @@ class NullSink final : public coordinator::AskSink {
   void TextDelta(const std::string&) override {}
 };
 
-// A stage whose chunk stream fails the `fail_at`-th chunk (counting from 1) of every session.
+// A stage whose chunk stream fails the `fail_at`-th chunk (counting from 1) of every session,
+// and that fails joining the receiving end of a link when `fail_receive_link`.
 class FailingStage final : public coordinator::Stage {
  public:
-  FailingStage(std::unique_ptr<coordinator::Stage> inner, int fail_at)
-      : inner_(std::move(inner)), fail_at_(fail_at) {}
+  FailingStage(std::unique_ptr<coordinator::Stage> inner, int fail_at,
+               bool fail_receive_link = false)
+      : inner_(std::move(inner)), fail_at_(fail_at), fail_receive_link_(fail_receive_link) {}
   std::string address() const override { return inner_->address(); }
   absl::StatusOr<coordinator::StageIdentity> Register(absl::Time d) override {
     return inner_->Register(d);
@@ -427,12 +430,16 @@ class FailingStage final : public coordinator::Stage {
     return inner_->CreateLink(s, d);
   }
   absl::Status ConnectLink(uint64_t s, const std::string& id, LinkRole r, absl::Time d) override {
+    if (fail_receive_link_ && r == LinkRole::kReceive) {
+      return absl::InternalError("injected link failure");
+    }
     return inner_->ConnectLink(s, id, r, d);
   }
 
  private:
   std::unique_ptr<coordinator::Stage> inner_;
   const int fail_at_;
+  const bool fail_receive_link_;
 };
 
 class CoordinatorLinkTest : public ::testing::Test {
@@ -624,6 +631,30 @@ TEST_F(CoordinatorLinkTest, AFailingStageAbortsTheLinksInsteadOfBlockingTheOther
     EXPECT_EQ(c->GetStats().open_sessions, 0);
     EXPECT_OK(c->health());
   }
+}
+
+TEST_F(CoordinatorLinkTest, AnEndFailingToJoinFailsTheRequestAtOnceWithItsOwnError) {
+  // gRPC workers: the sending end waits for its receiver to attach, which never happens. Only
+  // the coordinator's abort (closing the session) ends that wait before control_timeout (30 s).
+  std::vector<std::shared_ptr<worker::GrpcPeerTransport>> links;
+  std::vector<std::unique_ptr<WorkerCore>> cores;
+  std::vector<std::unique_ptr<coordinator::Stage>> stages;
+  for (int i = 0; i < 2; ++i) {
+    links.push_back(std::make_shared<worker::GrpcPeerTransport>());
+    cores.push_back(std::move(Workers(1, links.back())[0]));
+    stages.push_back(coordinator::NewGrpcStage(Serve(cores.back().get(), links.back().get())));
+  }
+  stages[1] = std::make_unique<FailingStage>(std::move(stages[1]), 0, /*fail_receive_link=*/true);
+  ASSERT_OK_AND_ASSIGN(auto c,
+                       MakeCoordinator(std::move(stages), coordinator::ActivationTransport::kPeer));
+  NullSink sink;
+  const absl::Time t0 = absl::Now();
+  EXPECT_THAT(c->Ask(ask_, coordinator::CallContext{}, &sink).status(),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("stage 1 (127.0.0.1:")));
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(10));
+  for (const auto& core : cores) EXPECT_EQ(core->GetStats().open_sessions, 0);
+  c.reset();
+  for (auto& s : grpc_servers_) s->Shutdown();
 }
 
 TEST_F(CoordinatorLinkTest, AnUnhealthyWorkerIsReportedAndRefusedNotUsed) {
