@@ -17,6 +17,7 @@ Tasks (the needle is placed at a random depth of the filler document):
   passkey  "The pass key is 48213. Remember it. 48213 is the pass key."  -> "48213"
   magic    2-4 needles "The special magic number for falcon is 7305214."  -> one of them
   kv       3-8 pairs "The value of key silver-river is 6241."         -> one of them
+  magic1 / magic2   magic with exactly 1 / 2 needles (a curriculum towards magic)
 Answers are digit strings (every digit is its own token in the tokenizer) followed by <|eot|>.
 """
 
@@ -150,8 +151,8 @@ def task_passkey(rng):
     return needles, "What is the pass key?", key
 
 
-def task_magic(rng):
-    n = rng.randint(2, 4)
+def task_magic(rng, lo=2, hi=4):
+    n = rng.randint(lo, hi)
     keys = rng.sample(NEEDLE_KEYS, n)
     vals = [_number(rng, 5, 7) for _ in keys]
     needles = [f"The special magic number for {k} is {v}." for k, v in zip(keys, vals)]
@@ -172,7 +173,11 @@ def task_kv(rng):
     return needles, f"What is the value of key {keys[i]}?", vals[i]
 
 
-TASKS = {"passkey": task_passkey, "magic": task_magic, "kv": task_kv}
+TASKS = {"passkey": task_passkey, "magic": task_magic, "kv": task_kv,
+         # Curriculum steps towards "magic": one needle (copy the number after the key
+         # phrase), then exactly two (pick the needle whose key the question names).
+         "magic1": lambda rng: task_magic(rng, 1, 1),
+         "magic2": lambda rng: task_magic(rng, 2, 2)}
 DEFAULT_MIX = (("passkey", 0.4), ("magic", 0.3), ("kv", 0.3))
 
 
