@@ -603,10 +603,8 @@ absl::StatusOr<v1::AskResult> Coordinator::RunAsk(const v1::AskRequest& r,
       guard.Opened();
     }
   }
-  ASSIGN_OR_RETURN(const bool peer, UsePeerLinks());
-  if (peer) RETURN_IF_ERROR(ConnectLinks(spec.session_id, control));
-  ASSIGN_OR_RETURN(Streams streams, OpenStreams(spec.session_id, call.deadline));
-  const PipelineMode mode{options_.max_inflight_chunks, peer, LinkAborter(spec.session_id)};
+  ASSIGN_OR_RETURN(Streams streams, OpenStreams(spec.session_id, control, call.deadline));
+  const PipelineMode mode{options_.max_inflight_chunks, streams.peer, LinkAborter(spec.session_id)};
 
   // Prefill: the first chunk covers the question span (it must be processed in one call).
   const absl::Time t0 = absl::Now();
@@ -754,8 +752,11 @@ absl::Status Coordinator::DocumentsEnabled() const {
 }
 
 absl::StatusOr<Coordinator::Streams> Coordinator::OpenStreams(uint64_t session_id,
-                                                              absl::Time deadline) const {
+                                                              absl::Time control,
+                                                              absl::Time deadline) {
   Streams streams;
+  ASSIGN_OR_RETURN(streams.peer, UsePeerLinks());
+  if (streams.peer) RETURN_IF_ERROR(ConnectLinks(session_id, control));
   for (const auto& stage : stages_) {
     ASSIGN_OR_RETURN(std::unique_ptr<ChunkStream> s, stage->OpenChunkStream(session_id, deadline));
     streams.raw.push_back(s.get());
@@ -913,10 +914,9 @@ absl::StatusOr<v1::Document> Coordinator::CreateDocument(const v1::DocumentMetad
       if (absl::Status s = stages_[i]->OpenSession(spec, control); !s.ok()) return StageError(i, s);
       guard.Opened();
     }
-    ASSIGN_OR_RETURN(const bool peer, UsePeerLinks());
-    if (peer) RETURN_IF_ERROR(ConnectLinks(spec.session_id, control));
-    ASSIGN_OR_RETURN(Streams streams, OpenStreams(spec.session_id, call.deadline));
-    const PipelineMode mode{options_.max_inflight_chunks, peer, LinkAborter(spec.session_id)};
+    ASSIGN_OR_RETURN(Streams streams, OpenStreams(spec.session_id, control, call.deadline));
+    const PipelineMode mode{options_.max_inflight_chunks, streams.peer,
+                            LinkAborter(spec.session_id)};
     std::vector<Activations> chunks =
         MakeChunks(spec.session_id, p.ids, 0, options_.chunk_tokens, /*first_min=*/0);
     int64_t done = 0;

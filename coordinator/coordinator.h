@@ -127,6 +127,7 @@ class Coordinator {
   struct Streams {
     std::vector<std::unique_ptr<ChunkStream>> owned;
     std::vector<ChunkStream*> raw;
+    bool peer = false;  // The stages are linked (activations worker to worker).
   };
 
   Coordinator(CoordinatorOptions options, std::vector<std::unique_ptr<Stage>> stages);
@@ -138,7 +139,8 @@ class Coordinator {
   absl::Status StageError(size_t stage, const absl::Status& s) const;
   // FAILED_PRECONDITION without a catalogue (--data_dir).
   absl::Status DocumentsEnabled() const;
-  absl::StatusOr<Streams> OpenStreams(uint64_t session_id, absl::Time deadline) const;
+  // Links the session's stages first when UsePeerLinks says so (within `control`).
+  absl::StatusOr<Streams> OpenStreams(uint64_t session_id, absl::Time control, absl::Time deadline);
   // Whether sessions link their stages (options_.activation_transport and what the stages
   // registered with). FAILED_PRECONDITION for kPeer without a common transport.
   absl::StatusOr<bool> UsePeerLinks();

@@ -172,9 +172,7 @@ absl::Status WorkerCore::ReleaseSession(const std::shared_ptr<Session>& s) {
   {  // A chunk blocked on a link returns at once (UNAVAILABLE), on both ends of the link.
     absl::MutexLock links(&s->link_mu);
     s->closing = true;
-    s->closing_now.store(true);
-    if (s->upstream != nullptr) s->upstream->Abort();
-    if (s->downstream != nullptr) s->downstream->Abort();
+    s->AbortLinks();
   }
   absl::MutexLock lock(&s->mu);  // Waits for a chunk in flight.
   s->state.reset();
@@ -327,7 +325,7 @@ absl::Status WorkerCore::ConnectLink(uint64_t session_id, const std::string& lin
                                                    send ? "sending" : "receiving", " link"));
     }
   }
-  auto channel = options_.peer_transport->Connect(link_id, role, deadline, &s->closing_now);
+  auto channel = options_.peer_transport->Connect(link_id, role, deadline, &s->closing);
   if (!channel.ok()) return Observe(channel.status());
   std::shared_ptr<ActivationChannel> end = std::move(*channel);
   absl::MutexLock links(&s->link_mu);
@@ -471,8 +469,7 @@ void WorkerCore::ReapIdleSessions() {
       absl::MutexLock sessions_lock(&mu_);
       for (const auto& [id, s] : sessions_) {
         absl::MutexLock links(&s->link_mu);
-        if (s->upstream != nullptr) s->upstream->Abort();
-        if (s->downstream != nullptr) s->downstream->Abort();
+        s->AbortLinks();
       }
     }
     const absl::Time cutoff = absl::Now() - options_.session_idle_timeout;

@@ -186,8 +186,14 @@ class WorkerCore {
     std::string issued_link ABSL_GUARDED_BY(link_mu);
     std::shared_ptr<ActivationChannel> upstream ABSL_GUARDED_BY(link_mu);
     std::shared_ptr<ActivationChannel> downstream ABSL_GUARDED_BY(link_mu);
-    bool closing ABSL_GUARDED_BY(link_mu) = false;
-    std::atomic<bool> closing_now{false};  // `closing`, readable by a joining link end.
+    // Set (under link_mu) when the session closes; a joining link end polls it to give up.
+    std::atomic<bool> closing{false};
+
+    // Fails the chunks blocked on the session's links (UNAVAILABLE).
+    void AbortLinks() ABSL_EXCLUSIVE_LOCKS_REQUIRED(link_mu) {
+      if (upstream != nullptr) upstream->Abort();
+      if (downstream != nullptr) downstream->Abort();
+    }
   };
 
   SessionOptions MakeOptions(const SessionSpec& spec, uint64_t owner) const;
