@@ -15,6 +15,10 @@
 #include "common/process_env.h"
 #include "coordinator/server.h"
 #include "worker/memory_config.h"
+#if defined(QLLM_HAVE_CUDA)
+#include "cuda/device.h"
+#include "cuda/device_shard.h"
+#endif
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "host:port to serve on (port 0: any)");
 ABSL_FLAG(std::string, port_file, "", "write the bound port to this file once serving");
@@ -34,6 +38,8 @@ ABSL_FLAG(int64_t, max_document_bytes, int64_t{256} << 20, "largest CreateDocume
 ABSL_FLAG(int64_t, chunk_tokens, 512, "prompt tokens per pipeline chunk");
 ABSL_FLAG(int32_t, max_inflight_chunks, 4, "pipeline chunks in flight at once");
 ABSL_FLAG(int64_t, host_cache_mb, 1024, "embedded workers' host-memory tier, MiB");
+ABSL_FLAG(std::string, local_backend, "cpu",
+          "embedded workers' backend: cpu, or cuda (every embedded worker on GPU 0)");
 ABSL_FLAG(std::string, activation_transport, "relay",
           "between stages: relay (through this process), peer (worker to worker over the "
           "workers' --peer_transport, e.g. NCCL; embedded workers link in memory) or auto "
@@ -89,6 +95,23 @@ int main(int argc, char** argv) {
   options.workers = absl::GetFlag(FLAGS_workers);
   options.local_workers = absl::GetFlag(FLAGS_local_workers);
   options.local_host_cache_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_host_cache_mb)) << 20;
+  if (const std::string b = absl::GetFlag(FLAGS_local_backend); b == "cuda") {
+#if defined(QLLM_HAVE_CUDA)
+    if (qllm::cuda::VisibleDeviceCount() == 0) {
+      QLLM_LOG(ERROR) << "--local_backend=cuda: no CUDA device is visible to this process";
+      return 2;
+    }
+    options.local_backend_factory = [](qllm::model::ModelWeights weights) {
+      return qllm::cuda::NewCudaShardBackend(weights);
+    };
+#else
+    QLLM_LOG(ERROR) << "--local_backend=cuda needs a build with CUDA (nvcc found at configure)";
+    return 2;
+#endif
+  } else if (b != "cpu") {
+    QLLM_LOG(ERROR) << "unknown --local_backend \"" << b << "\" (cpu or cuda)";
+    return 2;
+  }
   options.listen = absl::GetFlag(FLAGS_listen);
   options.max_document_bytes = absl::GetFlag(FLAGS_max_document_bytes);
   auto server = qllm::coordinator::Server::Start(options);

@@ -33,6 +33,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     w.worker_id = absl::StrCat("local-", i);
     if (!data_dir.empty()) w.store_dir = absl::StrCat(data_dir, "/worker-", i);
     w.host_cache_bytes = options.local_host_cache_bytes;
+    w.backend_factory = options.local_backend_factory;
     server->local_.push_back(std::make_unique<worker::WorkerCore>(w));
     const int cores = std::max(1, omp_get_num_procs());
     stages.push_back(NewInProcessStage(server->local_.back().get(), i,

@@ -15,6 +15,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_service.h"
 #include "grpcpp/grpcpp.h"
+#include "worker/shard_backend.h"
 #include "worker/worker_core.h"
 
 namespace qllm::coordinator {
@@ -26,6 +27,9 @@ struct ServerOptions {
   // Embedded mode: this many WorkerCores in this process (their stores under data_dir).
   int32_t local_workers = 0;
   size_t local_host_cache_bytes = size_t{1} << 30;
+  // Embedded mode: what the workers run their layers on (worker/shard_backend.h); null: the
+  // CPU engine.
+  worker::ShardBackendFactory local_backend_factory;
   // Where to serve; port 0 picks a free one (see port()).
   std::string listen = "127.0.0.1:0";
   int64_t max_document_bytes = int64_t{256} << 20;

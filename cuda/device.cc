@@ -52,8 +52,9 @@ void PinnedFree(void* h_ptr) noexcept {
 
 absl::Status CopyAsync(void* dst, const void* src, size_t bytes, CopyKind kind, Stream stream) {
   if (bytes == 0) return absl::OkStatus();
-  const cudaMemcpyKind k =
-      kind == CopyKind::kHostToDevice ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+  cudaMemcpyKind k = cudaMemcpyDeviceToDevice;
+  if (kind == CopyKind::kHostToDevice) k = cudaMemcpyHostToDevice;
+  if (kind == CopyKind::kDeviceToHost) k = cudaMemcpyDeviceToHost;
   return Check(cudaMemcpyAsync(dst, src, bytes, k, stream), "cudaMemcpyAsync", __LINE__);
 }
 
@@ -70,6 +71,24 @@ absl::Status CheckRange(size_t offset, size_t count, size_t size, const char* wh
 }
 
 }  // namespace internal
+
+int VisibleDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();  // Not sticky: clear it for later calls.
+    return 0;
+  }
+  return count;
+}
+
+absl::Status UseDevice(int device) {
+  const int count = VisibleDeviceCount();
+  if (device < 0 || device >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CUDA device ", device, " outside the ", count, " visible device(s)"));
+  }
+  return Check(cudaSetDevice(device), "cudaSetDevice", __LINE__);
+}
 
 absl::StatusOr<CudaStream> CudaStream::Create() {
   cudaStream_t s = nullptr;

@@ -50,7 +50,7 @@ absl::StatusOr<void*> DeviceAlloc(size_t bytes);
 void DeviceFree(void* d_ptr) noexcept;
 absl::StatusOr<void*> PinnedAlloc(size_t bytes);
 void PinnedFree(void* h_ptr) noexcept;
-enum class CopyKind { kHostToDevice, kDeviceToHost };
+enum class CopyKind { kHostToDevice, kDeviceToHost, kDeviceToDevice };
 // cudaMemcpyAsync of `bytes` on `stream`; no-op for 0 bytes.
 absl::Status CopyAsync(void* dst, const void* src, size_t bytes, CopyKind kind, Stream stream);
 absl::Status SynchronizeStream(Stream stream);
@@ -122,6 +122,24 @@ class DeviceBuffer {
     }
     return internal::CopyAsync(h_dst, data() + offset, count * sizeof(T),
                                internal::CopyKind::kDeviceToHost, stream);
+  }
+
+  // Enqueues a copy of elements [src_offset, src_offset + count) of `src` (another buffer on
+  // the same device) into elements [offset, offset + count) of this one. INVALID_ARGUMENT when
+  // either range exceeds its buffer.
+  absl::Status CopyFrom(const DeviceBuffer& src, size_t count, Stream stream, size_t offset = 0,
+                        size_t src_offset = 0) {
+    if (absl::Status s = internal::CheckRange(offset, count, size_, "DeviceBuffer::CopyFrom");
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s =
+            internal::CheckRange(src_offset, count, src.size(), "DeviceBuffer::CopyFrom source");
+        !s.ok()) {
+      return s;
+    }
+    return internal::CopyAsync(data() + offset, src.data() + src_offset, count * sizeof(T),
+                               internal::CopyKind::kDeviceToDevice, stream);
   }
 
   // Download of the whole buffer followed by a synchronization of `stream` (tests, tools).
@@ -266,6 +284,14 @@ class CublasLtHandle {
 
   std::unique_ptr<cublasLtContext, Deleter> handle_;
 };
+
+// Devices visible to this process (cudaGetDeviceCount); 0 when there is no driver or no
+// device (never an error for that).
+int VisibleDeviceCount();
+
+// Makes `device` current for the calling thread (cudaSetDevice). INVALID_ARGUMENT for an
+// index outside [0, VisibleDeviceCount()); UNAVAILABLE on a sticky device error.
+absl::Status UseDevice(int device);
 
 }  // namespace qllm::cuda
 

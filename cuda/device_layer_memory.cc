@@ -3,8 +3,10 @@
 #include <cuda_runtime_api.h>
 
 #include <memory>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "cuda/cuda_check.h"
 #include "cuda/memory_attention_gemm.h"
 
@@ -40,15 +42,27 @@ absl::Status CudaMemoryBackend::BlockTopKToHost(const BlockTopKParams& p, void* 
 absl::Status CudaMemoryBackend::MemoryAttention(const MemoryAttentionParams& p, void* ws,
                                                 size_t ws_bytes, Stream s) {
   if (p.n < kGemmAttentionMinQueries) return LaunchMemoryAttention(p, ws, ws_bytes, s);
-  // One SGEMM path per thread and device: the layers of a model run one after another on one
-  // thread, so they share its cuBLAS handle and score workspace.
-  thread_local absl::flat_hash_map<int, std::unique_ptr<MemoryAttentionGemm>> gemms;
+  // One SGEMM path (a cuBLAS handle and a score workspace) per device and stream: work on one
+  // stream runs in order, so the layers and sessions enqueued on it share the workspace, while
+  // engines on other streams (other threads) get their own. Keyed by stream rather than by
+  // thread, since a worker's RPC threads take turns on one stream. Entries live as long as the
+  // process: engines create their streams once (a worker's backend, a DeviceModel), and an
+  // address reused by a later stream simply reuses the entry.
+  static absl::Mutex mu(absl::kConstInit);
+  static auto* gemms =
+      new absl::flat_hash_map<std::pair<int, Stream>, std::unique_ptr<MemoryAttentionGemm>>();
   int device = 0;
   CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  std::unique_ptr<MemoryAttentionGemm>& gemm = gemms[device];
-  if (gemm == nullptr) {
-    ASSIGN_OR_RETURN(gemm, MemoryAttentionGemm::Create());
+  MemoryAttentionGemm* gemm = nullptr;
+  {
+    absl::MutexLock lock(&mu);
+    std::unique_ptr<MemoryAttentionGemm>& slot = (*gemms)[{device, s}];
+    if (slot == nullptr) {
+      ASSIGN_OR_RETURN(slot, MemoryAttentionGemm::Create());
+    }
+    gemm = slot.get();
   }
+  // The caller owns the stream: no other thread enqueues on it meanwhile.
   return gemm->Launch(p, s);
 }
 absl::Status CudaMemoryBackend::Zero(float* d, int64_t count, Stream s) {

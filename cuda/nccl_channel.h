@@ -32,8 +32,8 @@ absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> NewNcclChannel(
 // The NCCL peer transport of a worker on `device` (worker/peer_transport.h, name "nccl"): link
 // ids are NCCL unique ids, issued by the upstream worker (which hosts NCCL's bootstrap root for
 // that link), each link a two-rank communicator (the send end is rank 0). With `host_memory`
-// the channels take host memory and stage it through a device buffer (the CPU engine's shards
-// on a GPU machine); without, Send/Recv take device memory.
+// the channels take host memory and stage it through a device buffer (what both worker backends
+// hand over today, worker/shard_backend.h); without, Send/Recv take device memory.
 std::shared_ptr<worker::PeerTransport> NewNcclPeerTransport(int device, bool host_memory);
 
 }  // namespace qllm::cuda

@@ -3,6 +3,7 @@
 # a temporary directory) finds a pass key hidden in a long document with the built-in model.
 #
 #   scripts/demo.sh [BUILD_DIR] [--tokens=N | --million] [--depth=D] [--mode=qllm|infllm|...]
+#                   [--backend=cpu|cuda]
 #
 # Default: a ~64K-token document (a minute or two on 2 cores); --million: 1,048,576 tokens.
 set -euo pipefail

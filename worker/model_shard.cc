@@ -48,11 +48,63 @@ struct LayerBlobHeader {
 };
 static_assert(sizeof(LayerBlobHeader) == 32);
 
+}  // namespace
+
 absl::Status InLayer(int64_t layer, const absl::Status& s) {
   return absl::Status(s.code(), absl::StrCat("layer ", layer, ": ", s.message()));
 }
 
-}  // namespace
+void AppendLayerBlobHeader(AttentionMode mode, int64_t layer, int64_t position, std::string* out) {
+  LayerBlobHeader h;
+  std::memcpy(h.magic, kSessionMagic, sizeof(h.magic));
+  h.version = kSessionVersion;
+  h.mode = static_cast<int32_t>(mode);
+  h.layer = layer;
+  h.position = position;
+  out->append(reinterpret_cast<const char*>(&h), sizeof(h));
+}
+
+absl::StatusOr<SavedLayer> ParseLayerBlob(std::string_view blob, int64_t layer,
+                                          AttentionMode session_mode) {
+  LayerBlobHeader h;
+  if (blob.size() < sizeof(h) || std::memcmp(blob.data(), kSessionMagic, sizeof(h.magic)) != 0) {
+    return InLayer(layer, absl::DataLossError("not a saved session layer (bad magic)"));
+  }
+  std::memcpy(&h, blob.data(), sizeof(h));
+  blob.remove_prefix(sizeof(h));
+  if (h.version != kSessionVersion || h.mode < static_cast<int32_t>(AttentionMode::kFull) ||
+      h.mode > static_cast<int32_t>(AttentionMode::kQllm) || h.position < 0) {
+    return InLayer(
+        layer, absl::DataLossError(absl::StrCat("damaged saved session header: version ", h.version,
+                                                ", mode ", h.mode, ", position ", h.position)));
+  }
+  if (h.layer != layer) {
+    return InLayer(layer, absl::FailedPreconditionError(
+                              absl::StrCat("the saved state is of layer ", h.layer)));
+  }
+  const AttentionMode saved = static_cast<AttentionMode>(h.mode);
+  if ((saved != AttentionMode::kFull) != (session_mode != AttentionMode::kFull)) {
+    return InLayer(layer,
+                   absl::FailedPreconditionError(absl::StrCat(
+                       "state was saved in ", AttentionModeName(saved), " mode, this session uses ",
+                       AttentionModeName(session_mode), " mode")));
+  }
+  return SavedLayer{saved, h.position, blob};
+}
+
+absl::Status CheckRestoredQuestion(const SessionOptions& options, int64_t position) {
+  if (!options.question.has_value()) return absl::OkStatus();
+  if (!options.late_question) {
+    return absl::InvalidArgumentError(
+        "a question for a restored session needs late_question (the sinks are filled)");
+  }
+  if (options.question->begin < position) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the question span [", options.question->begin, ", ", options.question->end,
+                     ") starts before the restored position ", position));
+  }
+  return absl::OkStatus();
+}
 
 ShardSession::ShardSession(int num_layers, int64_t kv_dim, SessionOptions options)
     : options_(std::move(options)) {
@@ -83,9 +135,9 @@ std::unique_ptr<ShardSession> ModelShard::NewSession() const {
       new ShardSession(static_cast<int>(weights_.layers.size()), config().kv_dim(), {}));
 }
 
-absl::StatusOr<std::unique_ptr<ShardSession>> ModelShard::NewSession(
-    const SessionOptions& options) const {
-  RETURN_IF_ERROR(options.memory.ValidateForModel(config().rope_theta));
+absl::Status ValidateSessionOptions(const SessionOptions& options,
+                                    const model::ModelConfig& config) {
+  RETURN_IF_ERROR(options.memory.ValidateForModel(config.rope_theta));
   if (options.question.has_value() &&
       (options.question->begin < 0 || options.question->begin >= options.question->end)) {
     return absl::InvalidArgumentError(absl::StrCat("question span [", options.question->begin, ", ",
@@ -102,12 +154,18 @@ absl::StatusOr<std::unique_ptr<ShardSession>> ModelShard::NewSession(
   if (options.memory.mode == AttentionMode::kQllm && !options.question.has_value()) {
     return absl::InvalidArgumentError("qllm mode needs the question's token span");
   }
+  if (options.memory.uses_memory() && options.storage == nullptr) {
+    return absl::InvalidArgumentError("a context-memory session needs a block storage");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ShardSession>> ModelShard::NewSession(
+    const SessionOptions& options) const {
+  RETURN_IF_ERROR(ValidateSessionOptions(options, config()));
   const int num_layers = static_cast<int>(weights_.layers.size());
   std::unique_ptr<ShardSession> s(new ShardSession(num_layers, config().kv_dim(), options));
   if (options.memory.uses_memory()) {
-    if (options.storage == nullptr) {
-      return absl::InvalidArgumentError("a context-memory session needs a block storage");
-    }
     const LayerShape shape{config().num_heads, config().num_kv_heads, config().head_dim};
     for (int l = 0; l < num_layers; ++l) {
       s->memories_.push_back(std::make_unique<LayerMemory>(
@@ -127,13 +185,9 @@ absl::StatusOr<std::vector<std::string>> ModelShard::SaveSession(
   }
   std::vector<std::string> blobs(num_layers);
   for (size_t l = 0; l < num_layers; ++l) {
-    LayerBlobHeader h;
-    std::memcpy(h.magic, kSessionMagic, sizeof(h.magic));
-    h.version = kSessionVersion;
-    h.mode = static_cast<int32_t>(session.options_.memory.mode);
-    h.layer = weights_.layer_begin + static_cast<int64_t>(l);
-    h.position = session.position_;
-    blobs[l].append(reinterpret_cast<const char*>(&h), sizeof(h));
+    AppendLayerBlobHeader(session.options_.memory.mode,
+                          weights_.layer_begin + static_cast<int64_t>(l), session.position_,
+                          &blobs[l]);
     RETURN_IF_ERROR(memory ? session.memories_[l]->Save(&blobs[l])
                            : session.caches_[l].Save(&blobs[l]));
   }
@@ -152,32 +206,14 @@ absl::StatusOr<std::unique_ptr<ShardSession>> ModelShard::RestoreSession(
   int64_t position = 0;
   for (size_t l = 0; l < num_layers; ++l) {
     const int64_t layer = weights_.layer_begin + static_cast<int64_t>(l);
-    std::string_view blob = blobs[l];
-    LayerBlobHeader h;
-    if (blob.size() < sizeof(h) || std::memcmp(blob.data(), kSessionMagic, sizeof(h.magic)) != 0) {
-      return InLayer(layer, absl::DataLossError("not a saved session layer (bad magic)"));
+    ASSIGN_OR_RETURN(const SavedLayer saved, ParseLayerBlob(blobs[l], layer, options.memory.mode));
+    if (l > 0 && saved.position != position) {
+      return InLayer(layer, absl::DataLossError(absl::StrCat(
+                                "damaged saved session header: position ", saved.position,
+                                " where the layers before say ", position)));
     }
-    std::memcpy(&h, blob.data(), sizeof(h));
-    blob.remove_prefix(sizeof(h));
-    if (h.version != kSessionVersion || h.mode < static_cast<int32_t>(AttentionMode::kFull) ||
-        h.mode > static_cast<int32_t>(AttentionMode::kQllm) || h.position < 0 ||
-        (l > 0 && h.position != position)) {
-      return InLayer(layer, absl::DataLossError(
-                                absl::StrCat("damaged saved session header: version ", h.version,
-                                             ", mode ", h.mode, ", position ", h.position)));
-    }
-    position = h.position;
-    if (h.layer != layer) {
-      return InLayer(layer, absl::FailedPreconditionError(
-                                absl::StrCat("the saved state is of layer ", h.layer)));
-    }
-    const AttentionMode saved = static_cast<AttentionMode>(h.mode);
-    if ((saved != AttentionMode::kFull) != memory) {
-      return InLayer(
-          layer, absl::FailedPreconditionError(absl::StrCat(
-                     "state was saved in ", AttentionModeName(saved), " mode, this session uses ",
-                     AttentionModeName(options.memory.mode), " mode")));
-    }
+    position = saved.position;
+    const std::string_view blob = saved.payload;
     absl::Status st = memory ? s->memories_[l]->Load(blob) : s->caches_[l].Load(blob);
     if (!st.ok()) return InLayer(layer, st);
     const int64_t tokens = memory ? s->memories_[l]->tokens() : s->caches_[l].size();
@@ -186,17 +222,7 @@ absl::StatusOr<std::unique_ptr<ShardSession>> ModelShard::RestoreSession(
                                 "state of ", tokens, " tokens saved at position ", position)));
     }
   }
-  if (options.question.has_value()) {
-    if (!options.late_question) {
-      return absl::InvalidArgumentError(
-          "a question for a restored session needs late_question (the sinks are filled)");
-    }
-    if (options.question->begin < position) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the question span [", options.question->begin, ", ", options.question->end,
-                       ") starts before the restored position ", position));
-    }
-  }
+  RETURN_IF_ERROR(CheckRestoredQuestion(options, position));
   s->position_ = position;
   return s;
 }

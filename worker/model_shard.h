@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -42,6 +43,34 @@ struct SessionOptions {
   // Keep every chunk's block selection for introspection. Default: false.
   bool record_selections = false;
 };
+
+// The checks of ModelShard::NewSession(options) against a model of `config`, for every
+// backend: INVALID_ARGUMENT for an invalid memory configuration (also against the model, e.g.
+// its rope base), a missing block storage, a malformed question span, a qllm session without
+// one, or a late question longer than n_local.
+absl::Status ValidateSessionOptions(const SessionOptions& options,
+                                    const model::ModelConfig& config);
+
+// The per-layer blobs of ModelShard::SaveSession, for every backend (so that a session saved
+// by one backend restores on another): a 32-byte header (magic, version, the session's
+// attention mode, the layer, the position) followed by KvCache::Save's blob (full mode) or
+// LayerMemory::Save's (the memory modes).
+void AppendLayerBlobHeader(AttentionMode mode, int64_t layer, int64_t position, std::string* out);
+struct SavedLayer {
+  AttentionMode mode;        // Of the saving session.
+  int64_t position = 0;      // Tokens the saving session had processed.
+  std::string_view payload;  // The KvCache or LayerMemory blob (a view into the input).
+};
+// Parses a blob of `layer` for a session in `session_mode`. Errors: DATA_LOSS for a bad
+// magic or a damaged header; FAILED_PRECONDITION when it is another layer's, or saved in full
+// mode for a memory session or vice versa. Messages name the layer.
+absl::StatusOr<SavedLayer> ParseLayerBlob(std::string_view blob, int64_t layer,
+                                          AttentionMode session_mode);
+// RestoreSession's check of options.question against the restored position: INVALID_ARGUMENT
+// without late_question or for a span that starts before `position`.
+absl::Status CheckRestoredQuestion(const SessionOptions& options, int64_t position);
+// `s` with "layer <layer>: " before its message.
+absl::Status InLayer(int64_t layer, const absl::Status& s);
 
 // Per-request state of one shard: the position reached and each layer's KV cache or context
 // memory. Owned by the caller; used by one thread at a time.

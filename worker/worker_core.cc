@@ -62,9 +62,14 @@ absl::StatusOr<ShardInfo> WorkerCore::LoadShard(const ShardSpec& spec) {
   load.layer_end = spec.layer_end;
   load.load_embedding = spec.load_embedding;
   load.load_head = spec.load_head;
-  auto loaded = ModelShard::Load(spec.model_dir, load);
+  auto weights = model::LoadWeights(spec.model_dir, load);
+  if (!weights.ok()) return weights.status();
+  absl::StatusOr<std::unique_ptr<ShardBackend>> loaded =
+      options_.backend_factory == nullptr
+          ? NewCpuShardBackend(std::make_unique<ModelShard>(*std::move(weights)))
+          : options_.backend_factory(*std::move(weights));
   if (!loaded.ok()) return Observe(loaded.status());
-  std::unique_ptr<ModelShard> shard = std::move(*loaded);
+  std::unique_ptr<ShardBackend> shard = std::move(*loaded);
   ASSIGN_OR_RETURN(std::string fingerprint, model::ModelFingerprint(spec.model_dir));
   if (!options_.store_dir.empty()) {
     memstore::BlockStoreOptions store_options;
@@ -81,7 +86,8 @@ absl::StatusOr<ShardInfo> WorkerCore::LoadShard(const ShardSpec& spec) {
   spec_ = spec;
   loaded_.store(shard_.get());
   QLLM_LOG(INFO) << "worker " << options_.worker_id << " serves layers [" << spec.layer_begin
-                 << ", " << spec.layer_end << ") of " << spec.model_dir;
+                 << ", " << spec.layer_end << ") of " << spec.model_dir << " on the "
+                 << shard_->name() << " backend";
   return ShardInfo{shard_->config(), fingerprint_};
 }
 
@@ -96,7 +102,7 @@ SessionOptions WorkerCore::MakeOptions(const SessionSpec& spec, uint64_t owner) 
   return options;
 }
 
-absl::Status WorkerCore::Insert(const SessionSpec& spec, std::unique_ptr<ShardSession> state,
+absl::Status WorkerCore::Insert(const SessionSpec& spec, std::unique_ptr<ShardState> state,
                                 uint64_t owner) {
   auto session = std::make_shared<Session>();
   session->state = std::move(state);
@@ -123,7 +129,7 @@ absl::Status WorkerCore::CheckRoom(uint64_t session_id) const {
 
 absl::Status WorkerCore::OpenSession(const SessionSpec& spec) {
   RETURN_IF_ERROR(health());
-  const ModelShard* shard = loaded_.load();
+  const ShardBackend* shard = loaded_.load();
   if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
   if (spec.session_id == 0 || (spec.session_id & kDocumentOwnerBit) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("invalid session id ", spec.session_id));
@@ -138,6 +144,7 @@ absl::Status WorkerCore::OpenSession(const SessionSpec& spec) {
       return absl::FailedPreconditionError(
           "documents need a memory store: start the worker with --store_dir");
     }
+    RETURN_IF_ERROR(shard->CanSaveSessions());
     if ((spec.ingest_document_key & kDocumentOwnerBit) != 0) {
       return absl::InvalidArgumentError("document key out of range");
     }
@@ -206,7 +213,7 @@ absl::Status WorkerCore::RunChunk(Activations* chunk) {
 }
 
 absl::Status WorkerCore::RunChunkLocked(Session* s, Activations* chunk) {
-  const ModelShard* shard = loaded_.load();
+  const ShardBackend* shard = loaded_.load();
   if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
   if (s->state == nullptr) return absl::NotFoundError("session closed");
   std::shared_ptr<ActivationChannel> upstream, downstream;
@@ -216,7 +223,7 @@ absl::Status WorkerCore::RunChunkLocked(Session* s, Activations* chunk) {
     downstream = s->downstream;
   }
   s->last_used = absl::Now();
-  ShardSession* state = s->state.get();
+  ShardState* state = s->state.get();
   if (chunk->position != state->position()) {
     return absl::InvalidArgumentError(absl::StrCat("chunk at position ", chunk->position,
                                                    " but session ", chunk->session_id,
@@ -270,19 +277,19 @@ std::string WorkerCore::peer_transport_name() const {
   return options_.peer_transport == nullptr ? std::string() : options_.peer_transport->name();
 }
 
-absl::StatusOr<const ModelShard*> WorkerCore::LinkableShard() const {
+absl::StatusOr<const ShardBackend*> WorkerCore::LinkableShard() const {
   RETURN_IF_ERROR(health());
   if (options_.peer_transport == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         "worker ", options_.worker_id, " has no peer transport (start it with --peer_transport)"));
   }
-  const ModelShard* shard = loaded_.load();
+  const ShardBackend* shard = loaded_.load();
   if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
   return shard;
 }
 
 absl::StatusOr<std::string> WorkerCore::CreateLink(uint64_t session_id) {
-  ASSIGN_OR_RETURN(const ModelShard* shard, LinkableShard());
+  ASSIGN_OR_RETURN(const ShardBackend* shard, LinkableShard());
   if (shard->has_head()) {
     return absl::FailedPreconditionError("the last stage has no next stage to link to");
   }
@@ -300,7 +307,7 @@ absl::StatusOr<std::string> WorkerCore::CreateLink(uint64_t session_id) {
 
 absl::Status WorkerCore::ConnectLink(uint64_t session_id, const std::string& link_id, LinkRole role,
                                      absl::Time deadline) {
-  ASSIGN_OR_RETURN(const ModelShard* shard, LinkableShard());
+  ASSIGN_OR_RETURN(const ShardBackend* shard, LinkableShard());
   const bool send = role == LinkRole::kSend;
   if (send && shard->has_head()) {
     return absl::FailedPreconditionError("the last stage sends nothing on");
@@ -391,7 +398,7 @@ absl::Status WorkerCore::PersistDocument(uint64_t session_id, uint64_t document_
 absl::StatusOr<int64_t> WorkerCore::RestoreDocument(uint64_t document_key,
                                                     const SessionSpec& spec) {
   RETURN_IF_ERROR(health());
-  const ModelShard* shard = loaded_.load();
+  const ShardBackend* shard = loaded_.load();
   if (shard == nullptr) return absl::FailedPreconditionError("no shard loaded");
   if (store_ == nullptr) {
     return absl::FailedPreconditionError(
@@ -401,6 +408,7 @@ absl::StatusOr<int64_t> WorkerCore::RestoreDocument(uint64_t document_key,
       (spec.session_id & kDocumentOwnerBit) != 0) {
     return absl::InvalidArgumentError("invalid session for a restore");
   }
+  RETURN_IF_ERROR(shard->CanSaveSessions());
   {  // Fail before reading the states; Insert checks again.
     absl::MutexLock lock(&mu_);
     RETURN_IF_ERROR(CheckRoom(spec.session_id));
@@ -420,7 +428,7 @@ absl::StatusOr<int64_t> WorkerCore::RestoreDocument(uint64_t document_key,
   const SessionOptions options = MakeOptions(spec, spec.session_id);
   auto restored = shard->RestoreSession(options, blobs);
   if (!restored.ok()) return Observe(restored.status());
-  std::unique_ptr<ShardSession> state = std::move(*restored);
+  std::unique_ptr<ShardState> state = std::move(*restored);
   const int64_t tokens = state->position();
   RETURN_IF_ERROR(Insert(spec, std::move(state), spec.session_id));
   return tokens;

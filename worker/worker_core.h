@@ -22,6 +22,7 @@
 #include "worker/block_storage.h"
 #include "worker/model_shard.h"
 #include "worker/peer_transport.h"
+#include "worker/shard_backend.h"
 
 namespace qllm::worker {
 
@@ -46,6 +47,9 @@ struct WorkerOptions {
   // Called once, when the worker turns unhealthy (a lost device, common/device_error.h), with
   // the error; e.g. to set the gRPC health status to NOT_SERVING.
   std::function<void(const absl::Status&)> on_unhealthy;
+  // Makes the backend that runs the loaded layers (worker/shard_backend.h); null: the CPU
+  // engine. E.g. the CUDA engine for `--backend=cuda`.
+  ShardBackendFactory backend_factory;
 };
 
 // Which part of which checkpoint a worker serves.
@@ -112,12 +116,13 @@ class WorkerCore {
 
   // Loads the shard and opens the memory store. Idempotent for the same spec.
   // Errors: FAILED_PRECONDITION when another shard is loaded, INVALID_ARGUMENT for an empty or
-  // out-of-range layer range, the loader's and the store's errors.
+  // out-of-range layer range, the loader's, the backend factory's and the store's errors.
   absl::StatusOr<ShardInfo> LoadShard(const ShardSpec& spec);
 
   // Errors: FAILED_PRECONDITION without a shard, ALREADY_EXISTS for a session id in use,
   // RESOURCE_EXHAUSTED at max_sessions, INVALID_ARGUMENT for bad options, FAILED_PRECONDITION
-  // for an ingest without a memory store.
+  // for an ingest without a memory store, UNIMPLEMENTED for an ingest on a backend that cannot
+  // save sessions (ShardBackend::CanSaveSessions).
   absl::Status OpenSession(const SessionSpec& spec);
   // Frees the session's state and blocks; an unpersisted ingest's document is discarded.
   // Unknown ids are OK (idempotent).
@@ -176,7 +181,7 @@ class WorkerCore {
  private:
   struct Session {
     absl::Mutex mu;  // Held while a chunk runs.
-    std::unique_ptr<ShardSession> state;
+    std::unique_ptr<ShardState> state;
     SessionSpec spec;
     uint64_t storage_owner = 0;  // Owner id of the session's own blocks.
     bool persisted = false;
@@ -200,12 +205,12 @@ class WorkerCore {
   // ALREADY_EXISTS for an id in use, RESOURCE_EXHAUSTED at max_sessions.
   absl::Status CheckRoom(uint64_t session_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::shared_ptr<Session>> FindSession(uint64_t id);
-  absl::Status Insert(const SessionSpec& spec, std::unique_ptr<ShardSession> state, uint64_t owner);
+  absl::Status Insert(const SessionSpec& spec, std::unique_ptr<ShardState> state, uint64_t owner);
   absl::Status ReleaseSession(const std::shared_ptr<Session>& s);
   void ReapIdleSessions();
   absl::Status RunChunkLocked(Session* s, Activations* chunk);
   // The loaded shard when the worker is healthy and has a peer transport.
-  absl::StatusOr<const ModelShard*> LinkableShard() const;
+  absl::StatusOr<const ShardBackend*> LinkableShard() const;
   // Passes `status` through; a lost device makes the worker unhealthy first.
   absl::Status Observe(absl::Status status);
 
@@ -214,12 +219,12 @@ class WorkerCore {
 
   mutable absl::Mutex mu_;
   std::optional<ShardSpec> spec_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<ModelShard> shard_;  // Set once under mu_; read without it afterwards.
+  std::unique_ptr<ShardBackend> shard_;  // Set once under mu_; read without it afterwards.
   std::string fingerprint_;
   std::unique_ptr<memstore::BlockStore> store_;
   std::unique_ptr<BlockStorage> storage_;
   std::map<uint64_t, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
-  std::atomic<const ModelShard*> loaded_{nullptr};
+  std::atomic<const ShardBackend*> loaded_{nullptr};
 
   mutable absl::Mutex health_mu_;
   absl::Status health_ ABSL_GUARDED_BY(health_mu_);

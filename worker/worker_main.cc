@@ -18,6 +18,8 @@
 #include "worker/grpc_peer_transport.h"
 #include "worker/worker_service.h"
 #if defined(QLLM_HAVE_CUDA)
+#include "cuda/device.h"
+#include "cuda/device_shard.h"
 #include "cuda/nccl_channel.h"
 #endif
 
@@ -37,7 +39,19 @@ ABSL_FLAG(std::string, peer_transport, "",
 ABSL_FLAG(std::string, advertise, "",
           "host:port at which other workers reach this one (--peer_transport=grpc); default: "
           "the --listen host with the bound port, which must then not be a wildcard");
-ABSL_FLAG(int32_t, cuda_device, 0, "the GPU of --peer_transport=nccl");
+ABSL_FLAG(std::string, backend, "cpu",
+          "what runs the layers: \"cpu\" (the CPU engine) or \"cuda\" (the GPU --cuda_device); "
+          "documents saved by one restore on the other");
+ABSL_FLAG(int32_t, cuda_device, 0, "the GPU of --backend=cuda and --peer_transport=nccl");
+ABSL_FLAG(int64_t, cuda_max_tokens, int64_t{1} << 17,
+          "--backend=cuda, full attention: most tokens a session may hold");
+ABSL_FLAG(int64_t, cuda_max_blocks, 8192,
+          "--backend=cuda, memory modes: most memory blocks per layer and session (a session "
+          "holds at most this many * block_size tokens; their representative vectors are "
+          "allocated on the device when the session opens)");
+ABSL_FLAG(int64_t, cuda_max_chunk, 512,
+          "--backend=cuda: most tokens run through the layers at once (at least the memory "
+          "config's exc_block_size)");
 ABSL_FLAG(int32_t, peer_timeout_s, 300,
           "how long a chunk waits for its peer's activations (or for the peer to take them)");
 
@@ -62,10 +76,32 @@ int main(int argc, char** argv) {
   options.session_idle_timeout = absl::Seconds(absl::GetFlag(FLAGS_session_idle_timeout_s));
   if (options.worker_id.empty()) options.worker_id = absl::GetFlag(FLAGS_listen);
   options.peer_timeout = absl::Seconds(absl::GetFlag(FLAGS_peer_timeout_s));
+  if (const std::string b = absl::GetFlag(FLAGS_backend); b == "cuda") {
+#if defined(QLLM_HAVE_CUDA)
+    if (qllm::cuda::VisibleDeviceCount() == 0) {
+      QLLM_LOG(ERROR) << "--backend=cuda: no CUDA device is visible to this process";
+      return 2;
+    }
+    qllm::cuda::CudaShardOptions cuda;
+    cuda.device = absl::GetFlag(FLAGS_cuda_device);
+    cuda.max_tokens = absl::GetFlag(FLAGS_cuda_max_tokens);
+    cuda.max_blocks = absl::GetFlag(FLAGS_cuda_max_blocks);
+    cuda.max_chunk = absl::GetFlag(FLAGS_cuda_max_chunk);
+    options.backend_factory = [cuda](qllm::model::ModelWeights weights) {
+      return qllm::cuda::NewCudaShardBackend(weights, cuda);
+    };
+#else
+    QLLM_LOG(ERROR) << "--backend=cuda needs a build with CUDA (nvcc found at configure)";
+    return 2;
+#endif
+  } else if (b != "cpu") {
+    QLLM_LOG(ERROR) << "unknown --backend \"" << b << "\" (cpu or cuda)";
+    return 2;
+  }
   std::shared_ptr<qllm::worker::GrpcPeerTransport> grpc_links;
   if (const std::string t = absl::GetFlag(FLAGS_peer_transport); t == "nccl") {
 #if defined(QLLM_HAVE_CUDA)
-    // The CPU engine's shards hand host memory to the links: staged through the GPU.
+    // Both backends hand host memory to the links: staged through the GPU.
     options.peer_transport =
         qllm::cuda::NewNcclPeerTransport(absl::GetFlag(FLAGS_cuda_device), /*host_memory=*/true);
 #else

@@ -59,6 +59,8 @@ def main():
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--mode", default="qllm", choices=["full", "streaming", "infllm", "qllm"])
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"],
+                   help="what the workers run their layers on (cuda: both on GPU 0)")
     args = p.parse_args()
     if args.million:
         args.tokens = 1 << 20
@@ -76,7 +78,8 @@ def main():
             procs.append(subprocess.Popen(
                 [os.path.join(args.build, "worker", "qllm-worker"), "--listen=127.0.0.1:0",
                  "--port_file=" + pf, "--worker_id=w%d" % i,
-                 "--store_dir=" + os.path.join(tmp, "store%d" % i), "--host_cache_mb=256"],
+                 "--store_dir=" + os.path.join(tmp, "store%d" % i), "--host_cache_mb=256",
+                 "--backend=" + args.backend],
                 stdout=log, stderr=log))
             workers.append("127.0.0.1:%d" % wait_port(pf, procs[-1]))
         pf = os.path.join(tmp, "c.port")
@@ -87,8 +90,8 @@ def main():
              "--data_dir=" + os.path.join(tmp, "coordinator"), "--workers=" + ",".join(workers),
              "--max_prompt_tokens=4000000"], stdout=log, stderr=log))
         address = "127.0.0.1:%d" % wait_port(pf, procs[-1])
-        print("service: coordinator %s, workers %s (stores in %s)" % (address, ", ".join(workers),
-                                                                        tmp))
+        print("service: coordinator %s, %s workers %s (stores in %s)" %
+              (address, args.backend, ", ".join(workers), tmp))
 
         rng = random.Random(args.seed)
         needles, question, key = corpus.task_passkey(rng)

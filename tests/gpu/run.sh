@@ -19,6 +19,10 @@
 #   MODEL_BENCH_ARGS  its flags. Default: --layers=32 --lengths=32768,131072 --decode=32
 #   TIERED_BENCH_ARGS flags of a second run with the blocks in host memory, empty to skip.
 #                  Default: --tiered --layers=32 --lengths=32768 --decode=16
+#   RUN_SERVICE    0 skips the service on the GPU: the main job (scripts/demo.sh, the built-in
+#                  model, two worker processes) with --backend=cuda and then --backend=cpu on
+#                  the same document. Default: 1
+#   SERVICE_ARGS   the demo's flags. Default: --tokens=32768
 #   RUN_REF_BENCH  0 skips the PyTorch reference. Default: 1
 #   REF_BENCH_ARGS its flags. Default: --layers=32 --lengths=32768 --decode=8
 #   PYTHON         interpreter with PyTorch (CUDA) for the reference. Default: python3
@@ -38,6 +42,8 @@ RUN_GPU_BENCH=${RUN_GPU_BENCH:-1}
 RUN_MODEL_BENCH=${RUN_MODEL_BENCH:-1}
 MODEL_BENCH_ARGS=${MODEL_BENCH_ARGS:---layers=32 --lengths=32768,131072 --decode=32}
 TIERED_BENCH_ARGS=${TIERED_BENCH_ARGS---tiered --layers=32 --lengths=32768 --decode=16}
+RUN_SERVICE=${RUN_SERVICE:-1}
+SERVICE_ARGS=${SERVICE_ARGS:---tokens=32768}
 RUN_REF_BENCH=${RUN_REF_BENCH:-1}
 REF_BENCH_ARGS=${REF_BENCH_ARGS:---layers 32 --lengths 32768 --decode 8}
 PYTHON=${PYTHON:-python3}
@@ -71,8 +77,9 @@ if ! grep -q 'QLLM: CUDA backend ON' "$LOG_DIR/configure.log"; then
 fi
 
 # qllm_gpu_tests (tests/gpu/CMakeLists.txt) builds every binary that ctest -L gpu runs.
-section "build qllm_gpu_tests qllm_cpu_bench (-j$JOBS)"
-cmake --build "$BUILD_DIR" --target qllm_gpu_tests qllm_cpu_bench -j "$JOBS"
+section "build qllm_gpu_tests qllm_cpu_bench qllm-worker qllm-coordinator (-j$JOBS)"
+cmake --build "$BUILD_DIR" --target qllm_gpu_tests qllm_cpu_bench qllm-worker qllm-coordinator \
+  qllm_python_proto -j "$JOBS"
 
 section "ctest -L gpu"
 set +e
@@ -157,6 +164,22 @@ if [[ $RUN_REF_BENCH -eq 1 ]]; then
   fi
 fi
 
+# The service with its workers on the GPU (qllm-worker --backend=cuda), then on the CPU, asked
+# for the same pass key: both must answer it (the demo exits non-zero on a wrong answer).
+service_status=skipped
+rm -f "$LOG_DIR/service_cuda.log" "$LOG_DIR/service_cpu.log"
+if [[ $RUN_SERVICE -eq 1 ]]; then
+  section "service with cuda workers (scripts/demo.sh $SERVICE_ARGS --backend=cuda)"
+  # shellcheck disable=SC2086
+  service_status=$(run_step service_cuda 240 '' "$ROOT/scripts/demo.sh" "$BUILD_DIR" \
+    $SERVICE_ARGS --backend=cuda)
+  section "service with cpu workers (scripts/demo.sh $SERVICE_ARGS --backend=cpu)"
+  # shellcheck disable=SC2086
+  cpu_service=$(run_step service_cpu 240 '' "$ROOT/scripts/demo.sh" "$BUILD_DIR" \
+    $SERVICE_ARGS --backend=cpu)
+  service_status="cuda $service_status, cpu $cpu_service"
+fi
+
 bench_status=skipped
 if [[ $RUN_BENCH -eq 1 ]]; then
   section "CPU benchmark (short run)"
@@ -197,6 +220,13 @@ if [[ $ref_bench_status == ok ]]; then
     fi
   done
 fi
+printf '  %-26s %s\n' "service (demo)" "$service_status"
+for backend in cuda cpu; do
+  if [[ -f $LOG_DIR/service_$backend.log ]]; then
+    printf '  %-26s %s\n' "  $backend workers" "$(grep -h -E '^\[|^expected' \
+      "$LOG_DIR/service_$backend.log" | tr '\n' ' ')"
+  fi
+done
 printf '  %-26s %s\n' "CPU benchmark" "$bench_status"
 if [[ $bench_status == ok ]]; then
   # The benchmark's own table (its last lines).
