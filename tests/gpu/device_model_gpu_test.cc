@@ -307,17 +307,10 @@ TEST_P(DeviceModelMemoryGpuTest, LogitsAndSelectionsMatchCpuEngine) {
                         dev.data() + kFirst * vocab, {.record = &selections}));
   EXPECT_EQ(dm->position(), kMemTokens);
 
-  double scale = 0.0;
-  for (float x : cpu) scale = std::max(scale, std::abs(static_cast<double>(x)));
+  const double scale = qllm::testing::MaxAbs(cpu);
   ASSERT_GT(scale, 0.0);
   EXPECT_TRUE(AllClose(cpu, dev, kLogitTolerance * scale, 0.0));
-  int agree = 0;
-  for (int t = 0; t < kMemTokens; ++t) {
-    agree += Argmax(std::span<const float>(cpu).subspan(t * vocab, vocab)) ==
-                     Argmax(std::span<const float>(dev).subspan(t * vocab, vocab))
-                 ? 1
-                 : 0;
-  }
+  const int agree = qllm::testing::ArgmaxAgreement(cpu, dev, vocab);
   EXPECT_GE(agree, kMinArgmaxAgreement * kMemTokens) << agree << " of " << kMemTokens;
 
   const std::vector<worker::ChunkSelection>& want = session->selections();

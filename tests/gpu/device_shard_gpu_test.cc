@@ -36,6 +36,8 @@ namespace qllm::cuda {
 namespace {
 
 using ::qllm::testing::AllClose;
+using ::qllm::testing::ArgmaxAgreement;
+using ::qllm::testing::MaxAbs;
 using ::qllm::testing::StatusIs;
 using ::testing::HasSubstr;
 
@@ -44,10 +46,6 @@ constexpr double kMinArgmaxAgreement = 0.95;
 constexpr double kMinSameSelections = 0.9;
 
 constexpr int kTokens = 240, kFirst = 150;
-
-int Argmax(std::span<const float> row) {
-  return static_cast<int>(std::max_element(row.begin(), row.end()) - row.begin());
-}
 
 worker::MemoryConfig Memory(worker::AttentionMode mode) {
   worker::MemoryConfig m;
@@ -166,18 +164,10 @@ TEST_P(DeviceShardGpuTest, TwoDeviceStagesMatchTheCpuEngine) {
   EXPECT_EQ(s0->position(), kTokens);
   EXPECT_EQ(s1->position(), kTokens);
 
-  const int64_t vocab = all.config.vocab_size;
-  double scale = 0.0;
-  for (float x : want) scale = std::max(scale, std::abs(static_cast<double>(x)));
+  const double scale = MaxAbs(want);
   ASSERT_GT(scale, 0.0);
   EXPECT_TRUE(AllClose(want, got, kLogitTolerance * scale, 0.0));
-  int agree = 0;
-  for (int t = 0; t < kTokens; ++t) {
-    agree += Argmax(std::span<const float>(want).subspan(t * vocab, vocab)) ==
-                     Argmax(std::span<const float>(got).subspan(t * vocab, vocab))
-                 ? 1
-                 : 0;
-  }
+  const int agree = ArgmaxAgreement(want, got, all.config.vocab_size);
   EXPECT_GE(agree, kMinArgmaxAgreement * kTokens) << agree << " of " << kTokens;
 
   // Selections: the CPU's layers 0..2 against stage 0's layers 0..1 then stage 1's layer 2.
@@ -238,8 +228,7 @@ TEST_P(DeviceShardGpuTest, InterleavedSessionsKeepTheirOwnState) {
       ASSERT_OK(dev->Logits(h.data(), len, out->data() + begin * vocab));
     }
   }
-  double scale = 0.0;
-  for (float x : want_a) scale = std::max(scale, std::abs(static_cast<double>(x)));
+  const double scale = MaxAbs(want_a);
   // The same computation on the same device: far below what a shared or stale state does.
   const double tol = 1e-3;
   EXPECT_TRUE(AllClose(want_a, got_a, tol * scale, 0.0));
@@ -292,8 +281,7 @@ TEST_P(DeviceShardGpuTest, SavedSessionsMoveBetweenBackends) {
   EXPECT_EQ(on_cpu->position(), kFirst);
   ASSERT_OK_AND_ASSIGN(std::vector<float> dev_to_cpu, step(*cpu, on_cpu.get(), kFirst, tail));
 
-  double scale = 0.0;
-  for (float x : want) scale = std::max(scale, std::abs(static_cast<double>(x)));
+  const double scale = MaxAbs(want);
   ASSERT_GT(scale, 0.0);
   EXPECT_TRUE(AllClose(want, cpu_to_dev, kLogitTolerance * scale, 0.0));
   EXPECT_TRUE(AllClose(want, dev_to_cpu, kLogitTolerance * scale, 0.0));
@@ -433,8 +421,7 @@ TEST(DeviceShardGpuWorkerTest, WorkerCoreOnTheDeviceMatchesTheCpuWorker) {
     logits[i++] = a.logits;
   }
   std::filesystem::remove_all(dir);
-  double scale = 0.0;
-  for (float x : logits[0]) scale = std::max(scale, std::abs(static_cast<double>(x)));
+  const double scale = MaxAbs(logits[0]);
   ASSERT_GT(scale, 0.0);
   // A check of the wiring (the numerics are the tests above): this checkpoint's projections are
   // not tamed, so bf16 rounding moves its logits more; a wrong layer range, a missing stage or

@@ -159,6 +159,25 @@ inline ::testing::AssertionResult AllClose(std::span<const float> expected,
          << ", rtol " << rtol << ", worst abs error " << worst << "); first:" << first;
 }
 
+// The largest |x| in `v`: the logit scale the parity bounds are relative to.
+inline double MaxAbs(std::span<const float> v) {
+  double m = 0.0;
+  for (float x : v) m = std::max(m, std::abs(static_cast<double>(x)));
+  return m;
+}
+
+// How many rows of width `width` have the same argmax (greedy token) in `a` and `b`.
+inline int ArgmaxAgreement(std::span<const float> a, std::span<const float> b, int64_t width) {
+  auto argmax = [width](std::span<const float> v, int64_t row) {
+    const auto r = v.subspan(row * width, width);
+    return std::max_element(r.begin(), r.end()) - r.begin();
+  };
+  int agree = 0;
+  const int64_t rows = static_cast<int64_t>(std::min(a.size(), b.size())) / width;
+  for (int64_t t = 0; t < rows; ++t) agree += argmax(a, t) == argmax(b, t) ? 1 : 0;
+  return agree;
+}
+
 }  // namespace qllm::testing
 
 #endif  // QLLM_TESTS_TESTUTIL_CUDA_TEST_UTIL_H_
