@@ -1031,6 +1031,7 @@ v1::ClusterStatus Coordinator::GetClusterStatus() {
       continue;
     }
     w->set_worker_id(id->worker_id);
+    w->set_backend(id->backend);
     const bool ok =
         id->shard.has_value() && *id->shard == placement[i].spec && id->unhealthy.empty();
     w->set_health(ok ? v1::WorkerStatus::HEALTH_SERVING : v1::WorkerStatus::HEALTH_NOT_SERVING);

@@ -53,8 +53,9 @@ class InProcessStage final : public Stage {
 
   absl::StatusOr<StageIdentity> Register(absl::Time) override {
     const absl::Status health = core_->health();
-    return StageIdentity{core_->options().worker_id, core_->incarnation(), core_->shard(),
-                         core_->peer_transport_name(), std::string(health.message())};
+    return StageIdentity{
+        core_->options().worker_id,   core_->incarnation(),          core_->shard(),
+        core_->peer_transport_name(), std::string(health.message()), core_->backend_name()};
   }
   absl::StatusOr<worker::ShardInfo> LoadShard(const worker::ShardSpec& spec, absl::Time) override {
     return core_->LoadShard(spec);
@@ -170,8 +171,8 @@ class GrpcStage final : public Stage {
     v1::RegisterResponse response;
     RETURN_IF_ERROR(
         Annotate(stub_->Register(&context, v1::RegisterRequest(), &response), address_));
-    StageIdentity id{response.worker_id(), response.incarnation(), std::nullopt,
-                     response.peer_transport(), response.unhealthy()};
+    StageIdentity id{response.worker_id(),      response.incarnation(), std::nullopt,
+                     response.peer_transport(), response.unhealthy(),   response.backend()};
     if (response.shard().layer_end() > 0) id.shard = worker::ShardSpecFromProto(response.shard());
     return id;
   }

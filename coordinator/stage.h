@@ -23,6 +23,7 @@ struct StageIdentity {
   std::optional<worker::ShardSpec> shard;  // What it serves now.
   std::string peer_transport;              // Its peer transport; empty when none.
   std::string unhealthy;                   // Why it refuses engine work; empty when healthy.
+  std::string backend;                     // "cpu" or "cuda"; empty before a shard is loaded.
 };
 
 // The chunks of one session through one stage, in order. Not thread-safe; one user at a time.

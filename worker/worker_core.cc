@@ -273,6 +273,11 @@ absl::Status WorkerCore::RunChunkLocked(Session* s, Activations* chunk) {
   return absl::OkStatus();
 }
 
+std::string WorkerCore::backend_name() const {
+  const ShardBackend* shard = loaded_.load();
+  return shard == nullptr ? std::string() : std::string(shard->name());
+}
+
 std::string WorkerCore::peer_transport_name() const {
   return options_.peer_transport == nullptr ? std::string() : options_.peer_transport->name();
 }

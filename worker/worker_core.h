@@ -138,6 +138,8 @@ class WorkerCore {
 
   // Peer links (worker/peer_transport.h). The transport's name, empty without one.
   std::string peer_transport_name() const;
+  // The loaded shard's backend ("cpu", "cuda"; ShardBackend::name), empty before LoadShard.
+  std::string backend_name() const;
   // Issues the id of the link from session `session_id` to the next stage (this worker will
   // hold its send end). Errors: FAILED_PRECONDITION without a transport or on the last stage
   // (it sends nothing on), NOT_FOUND for an unknown session, ALREADY_EXISTS when the session

@@ -85,6 +85,7 @@ grpc::Status WorkerService::Register(grpc::ServerContext*, const v1::RegisterReq
     *response->mutable_shard() = ShardSpecToProto(*spec);
   }
   response->set_peer_transport(core_->peer_transport_name());
+  response->set_backend(core_->backend_name());
   if (absl::Status h = core_->health(); !h.ok()) response->set_unhealthy(std::string(h.message()));
   return grpc::Status::OK;
 }

@@ -265,7 +265,10 @@ TEST(ServiceE2eTest, ThreeWorkerProcessesMatchTheSingleProcessEngine) {
   ASSERT_EQ(status.workers_size(), 3);
   EXPECT_EQ(status.workers(0).layer_begin(), 0);
   EXPECT_EQ(status.workers(2).layer_end(), status.model().num_layers());
-  for (const auto& w : status.workers()) EXPECT_EQ(w.open_sessions(), 0);
+  for (const auto& w : status.workers()) {
+    EXPECT_EQ(w.open_sessions(), 0);
+    EXPECT_EQ(w.backend(), "cpu");  // Worker processes with the default --backend.
+  }
   std::filesystem::remove_all(dir);
 }
 

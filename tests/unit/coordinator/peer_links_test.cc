@@ -678,6 +678,7 @@ TEST_F(CoordinatorLinkTest, AnUnhealthyWorkerIsReportedAndRefusedNotUsed) {
   EXPECT_FALSE(status.serving());
   ASSERT_EQ(status.workers_size(), 2);
   EXPECT_EQ(status.workers(lost).health(), v1::WorkerStatus::HEALTH_NOT_SERVING);
+  EXPECT_EQ(status.workers(lost).backend(), "cpu");
   for (const auto& core : cores) EXPECT_EQ(core->GetStats().open_sessions, 0);
 }
 

@@ -202,8 +202,10 @@ TEST_F(ShardBackendTest, WorkerCoreRunsTheFactorysBackend) {
         NewCpuShardBackend(std::make_unique<ModelShard>(std::move(weights))), true, nullptr));
   };
   WorkerCore core(options);
+  EXPECT_EQ(core.backend_name(), "");
   ASSERT_OK(core.LoadShard(spec).status());
   ASSERT_OK(core.LoadShard(spec).status());  // Idempotent: the backend is made once.
+  EXPECT_EQ(core.backend_name(), "wrapped");
   EXPECT_EQ(made, 1);
   EXPECT_EQ(seen_layers, (ShardSpec{"", 0, 3, true, true}));
   ASSERT_OK(core.OpenSession({.session_id = 1}));
