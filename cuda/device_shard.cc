@@ -170,43 +170,30 @@ absl::StatusOr<std::vector<std::string>> CudaShardBackend::SaveSession(
 absl::StatusOr<std::unique_ptr<worker::ShardState>> CudaShardBackend::RestoreSession(
     const worker::SessionOptions& options, std::span<const std::string> blobs) const {
   const size_t num_layers = static_cast<size_t>(core_->layer_end - core_->layer_begin);
-  if (blobs.size() != num_layers) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(blobs.size(), " saved layer states for a shard of ", num_layers, " layers"));
-  }
+  ASSIGN_OR_RETURN(
+      const worker::SavedSession saved,
+      worker::ParseSessionBlobs(blobs, core_->layer_begin, num_layers, options.memory.mode));
   ASSIGN_OR_RETURN(std::unique_ptr<worker::ShardState> created, NewSession(options));
   auto* s = static_cast<CudaState*>(created.get());
   const int64_t kvd = core_->config.kv_dim();
-  int64_t position = 0;
+  const int64_t position = saved.position;
   std::vector<worker::KvCache> caches;  // Full mode: the layers' saved rows.
   absl::MutexLock lock(&core_->mu);
   RETURN_IF_ERROR(UseDevice(core_->options.device));
   const Stream stream = core_->runner->stream();
   for (size_t l = 0; l < num_layers; ++l) {
     const int64_t layer = core_->layer_begin + static_cast<int64_t>(l);
-    ASSIGN_OR_RETURN(const worker::SavedLayer saved,
-                     worker::ParseLayerBlob(blobs[l], layer, options.memory.mode));
-    if (l > 0 && saved.position != position) {
-      return worker::InLayer(layer, absl::DataLossError(absl::StrCat(
-                                        "damaged saved session header: position ", saved.position,
-                                        " where the layers before say ", position)));
-    }
-    position = saved.position;
     DeviceSequenceLayer& d = s->layers_[l];
     int64_t tokens = 0;
     if (d.memory != nullptr) {
-      RETURN_IF_ERROR(worker::InLayer(layer, d.memory->Load(saved.payload)));
+      RETURN_IF_ERROR(worker::InLayer(layer, d.memory->Load(saved.payloads[l])));
       tokens = d.memory->tokens();
     } else {
       caches.emplace_back(kvd);
-      RETURN_IF_ERROR(worker::InLayer(layer, caches.back().Load(saved.payload)));
+      RETURN_IF_ERROR(worker::InLayer(layer, caches.back().Load(saved.payloads[l])));
       tokens = caches.back().size();
     }
-    if (tokens != position) {
-      return worker::InLayer(
-          layer, absl::DataLossError(
-                     absl::StrCat("state of ", tokens, " tokens saved at position ", position)));
-    }
+    RETURN_IF_ERROR(worker::CheckRestoredTokens(layer, tokens, position));
   }
   RETURN_IF_ERROR(worker::CheckRestoredQuestion(options, position));
   if (!caches.empty() && position > 0) {  // Full mode: every layer's cache to the device.

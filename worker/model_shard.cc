@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -64,8 +65,12 @@ void AppendLayerBlobHeader(AttentionMode mode, int64_t layer, int64_t position, 
   out->append(reinterpret_cast<const char*>(&h), sizeof(h));
 }
 
-absl::StatusOr<SavedLayer> ParseLayerBlob(std::string_view blob, int64_t layer,
-                                          AttentionMode session_mode) {
+namespace {
+
+// One layer's blob: its position and payload, after the header checks of ParseSessionBlobs.
+absl::StatusOr<std::pair<int64_t, std::string_view>> ParseLayerBlob(std::string_view blob,
+                                                                    int64_t layer,
+                                                                    AttentionMode session_mode) {
   LayerBlobHeader h;
   if (blob.size() < sizeof(h) || std::memcmp(blob.data(), kSessionMagic, sizeof(h.magic)) != 0) {
     return InLayer(layer, absl::DataLossError("not a saved session layer (bad magic)"));
@@ -89,7 +94,37 @@ absl::StatusOr<SavedLayer> ParseLayerBlob(std::string_view blob, int64_t layer,
                        "state was saved in ", AttentionModeName(saved), " mode, this session uses ",
                        AttentionModeName(session_mode), " mode")));
   }
-  return SavedLayer{saved, h.position, blob};
+  return std::pair<int64_t, std::string_view>(h.position, blob);
+}
+
+}  // namespace
+
+absl::StatusOr<SavedSession> ParseSessionBlobs(std::span<const std::string> blobs,
+                                               int64_t layer_begin, size_t num_layers,
+                                               AttentionMode session_mode) {
+  if (blobs.size() != num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(blobs.size(), " saved layer states for a shard of ", num_layers, " layers"));
+  }
+  SavedSession saved;
+  for (size_t l = 0; l < num_layers; ++l) {
+    const int64_t layer = layer_begin + static_cast<int64_t>(l);
+    ASSIGN_OR_RETURN(const auto parsed, ParseLayerBlob(blobs[l], layer, session_mode));
+    if (l > 0 && parsed.first != saved.position) {
+      return InLayer(layer, absl::DataLossError(absl::StrCat(
+                                "damaged saved session header: position ", parsed.first,
+                                " where the layers before say ", saved.position)));
+    }
+    saved.position = parsed.first;
+    saved.payloads.push_back(parsed.second);
+  }
+  return saved;
+}
+
+absl::Status CheckRestoredTokens(int64_t layer, int64_t tokens, int64_t position) {
+  if (tokens == position) return absl::OkStatus();
+  return InLayer(layer, absl::DataLossError(absl::StrCat("state of ", tokens,
+                                                         " tokens saved at position ", position)));
 }
 
 absl::Status CheckRestoredQuestion(const SessionOptions& options, int64_t position) {
@@ -197,30 +232,18 @@ absl::StatusOr<std::vector<std::string>> ModelShard::SaveSession(
 absl::StatusOr<std::unique_ptr<ShardSession>> ModelShard::RestoreSession(
     const SessionOptions& options, std::span<const std::string> blobs) const {
   const size_t num_layers = weights_.layers.size();
-  if (blobs.size() != num_layers) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(blobs.size(), " saved layer states for a shard of ", num_layers, " layers"));
-  }
+  ASSIGN_OR_RETURN(const SavedSession saved,
+                   ParseSessionBlobs(blobs, weights_.layer_begin, num_layers, options.memory.mode));
   ASSIGN_OR_RETURN(std::unique_ptr<ShardSession> s, NewSession(options));
   const bool memory = options.memory.uses_memory();
-  int64_t position = 0;
+  const int64_t position = saved.position;
   for (size_t l = 0; l < num_layers; ++l) {
     const int64_t layer = weights_.layer_begin + static_cast<int64_t>(l);
-    ASSIGN_OR_RETURN(const SavedLayer saved, ParseLayerBlob(blobs[l], layer, options.memory.mode));
-    if (l > 0 && saved.position != position) {
-      return InLayer(layer, absl::DataLossError(absl::StrCat(
-                                "damaged saved session header: position ", saved.position,
-                                " where the layers before say ", position)));
-    }
-    position = saved.position;
-    const std::string_view blob = saved.payload;
+    const std::string_view blob = saved.payloads[l];
     absl::Status st = memory ? s->memories_[l]->Load(blob) : s->caches_[l].Load(blob);
     if (!st.ok()) return InLayer(layer, st);
-    const int64_t tokens = memory ? s->memories_[l]->tokens() : s->caches_[l].size();
-    if (tokens != position) {
-      return InLayer(layer, absl::DataLossError(absl::StrCat(
-                                "state of ", tokens, " tokens saved at position ", position)));
-    }
+    RETURN_IF_ERROR(CheckRestoredTokens(
+        layer, memory ? s->memories_[l]->tokens() : s->caches_[l].size(), position));
   }
   RETURN_IF_ERROR(CheckRestoredQuestion(options, position));
   s->position_ = position;

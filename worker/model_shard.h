@@ -56,16 +56,22 @@ absl::Status ValidateSessionOptions(const SessionOptions& options,
 // attention mode, the layer, the position) followed by KvCache::Save's blob (full mode) or
 // LayerMemory::Save's (the memory modes).
 void AppendLayerBlobHeader(AttentionMode mode, int64_t layer, int64_t position, std::string* out);
-struct SavedLayer {
-  AttentionMode mode;        // Of the saving session.
-  int64_t position = 0;      // Tokens the saving session had processed.
-  std::string_view payload;  // The KvCache or LayerMemory blob (a view into the input).
+// The per-layer blobs of a session of layers [layer_begin, layer_begin + num_layers), parsed
+// for a session in `session_mode`: the common position and each layer's payload (a view into
+// `blobs`). Errors: INVALID_ARGUMENT for another number of blobs; DATA_LOSS for a bad magic, a
+// damaged header or layers saved at different positions; FAILED_PRECONDITION for another
+// layer's blob, or one saved in full mode for a memory session or vice versa. Messages name
+// the layer.
+struct SavedSession {
+  int64_t position = 0;
+  std::vector<std::string_view> payloads;  // KvCache or LayerMemory blobs, one per layer.
 };
-// Parses a blob of `layer` for a session in `session_mode`. Errors: DATA_LOSS for a bad
-// magic or a damaged header; FAILED_PRECONDITION when it is another layer's, or saved in full
-// mode for a memory session or vice versa. Messages name the layer.
-absl::StatusOr<SavedLayer> ParseLayerBlob(std::string_view blob, int64_t layer,
-                                          AttentionMode session_mode);
+absl::StatusOr<SavedSession> ParseSessionBlobs(std::span<const std::string> blobs,
+                                               int64_t layer_begin, size_t num_layers,
+                                               AttentionMode session_mode);
+// DATA_LOSS (naming `layer`) when a layer restored `tokens` tokens of a session saved at
+// `position`.
+absl::Status CheckRestoredTokens(int64_t layer, int64_t tokens, int64_t position);
 // RestoreSession's check of options.question against the restored position: INVALID_ARGUMENT
 // without late_question or for a span that starts before `position`.
 absl::Status CheckRestoredQuestion(const SessionOptions& options, int64_t position);
