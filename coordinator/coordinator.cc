@@ -796,11 +796,14 @@ absl::Status Coordinator::ConnectLinks(uint64_t session_id, absl::Time deadline)
   // first end to fail closes the session everywhere, which cancels the joins still waiting
   // for it (they would otherwise wait out the deadline).
   std::vector<absl::Status> results(2 * links);
-  std::atomic<bool> failed{false};
+  std::atomic<int> first_failed{-1};
   const std::function<void()> abort = LinkAborter(session_id);
   auto join = [&](size_t k, size_t stage, worker::LinkRole role) {
     results[k] = stages_[stage]->ConnectLink(session_id, ids[k / 2], role, deadline);
-    if (!results[k].ok() && !failed.exchange(true)) abort();
+    int none = -1;
+    if (!results[k].ok() && first_failed.compare_exchange_strong(none, static_cast<int>(k))) {
+      abort();
+    }
   };
   std::vector<std::thread> threads;
   for (size_t s = 0; s < links; ++s) {
@@ -808,16 +811,11 @@ absl::Status Coordinator::ConnectLinks(uint64_t session_id, absl::Time deadline)
     threads.emplace_back(join, 2 * s + 1, s + 1, worker::LinkRole::kReceive);
   }
   for (std::thread& t : threads) t.join();
-  // Report the end that failed by itself, not a partner cancelled or timed out because of it.
-  auto rank = [](const absl::Status& st) {
-    return absl::IsCancelled(st) ? 1 : absl::IsDeadlineExceeded(st) ? 2 : 0;
-  };
-  size_t worst = results.size();
-  for (size_t k = 0; k < results.size(); ++k) {
-    if (results[k].ok()) continue;
-    if (worst == results.size() || rank(results[k]) < rank(results[worst])) worst = k;
-  }
-  if (worst < results.size()) return StageError(worst / 2 + worst % 2, results[worst]);
+  // Report the end that failed first, by itself: every later failure is a consequence of the
+  // abort (a partner cancelled, or one whose join reached its worker after the session closed
+  // and so found no session at all).
+  const int k = first_failed.load();
+  if (k >= 0) return StageError(k / 2 + k % 2, results[k]);
   return absl::OkStatus();
 }
 

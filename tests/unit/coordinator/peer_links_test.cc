@@ -374,9 +374,15 @@ class NullSink final : public coordinator::AskSink {
 // and that fails joining the receiving end of a link when `fail_receive_link`.
 class FailingStage final : public coordinator::Stage {
  public:
+  // fail_at: the chunk (1-based) whose Run fails, 0 for none. fail_receive_link: joining a link
+  // as its receiver fails. send_join_delay: joining a link as its sender waits this long first.
   FailingStage(std::unique_ptr<coordinator::Stage> inner, int fail_at,
-               bool fail_receive_link = false)
-      : inner_(std::move(inner)), fail_at_(fail_at), fail_receive_link_(fail_receive_link) {}
+               bool fail_receive_link = false,
+               absl::Duration send_join_delay = absl::ZeroDuration())
+      : inner_(std::move(inner)),
+        fail_at_(fail_at),
+        fail_receive_link_(fail_receive_link),
+        send_join_delay_(send_join_delay) {}
   std::string address() const override { return inner_->address(); }
   absl::StatusOr<coordinator::StageIdentity> Register(absl::Time d) override {
     return inner_->Register(d);
@@ -433,6 +439,7 @@ class FailingStage final : public coordinator::Stage {
     if (fail_receive_link_ && r == LinkRole::kReceive) {
       return absl::InternalError("injected link failure");
     }
+    if (r == LinkRole::kSend) absl::SleepFor(send_join_delay_);
     return inner_->ConnectLink(s, id, r, d);
   }
 
@@ -440,6 +447,7 @@ class FailingStage final : public coordinator::Stage {
   std::unique_ptr<coordinator::Stage> inner_;
   const int fail_at_;
   const bool fail_receive_link_;
+  const absl::Duration send_join_delay_;
 };
 
 class CoordinatorLinkTest : public ::testing::Test {
@@ -636,25 +644,34 @@ TEST_F(CoordinatorLinkTest, AFailingStageAbortsTheLinksInsteadOfBlockingTheOther
 TEST_F(CoordinatorLinkTest, AnEndFailingToJoinFailsTheRequestAtOnceWithItsOwnError) {
   // gRPC workers: the sending end waits for its receiver to attach, which never happens. Only
   // the coordinator's abort (closing the session) ends that wait before control_timeout (30 s).
-  std::vector<std::shared_ptr<worker::GrpcPeerTransport>> links;
-  std::vector<std::unique_ptr<WorkerCore>> cores;
-  std::vector<std::unique_ptr<coordinator::Stage>> stages;
-  for (int i = 0; i < 2; ++i) {
-    links.push_back(std::make_shared<worker::GrpcPeerTransport>());
-    cores.push_back(std::move(Workers(1, links.back())[0]));
-    stages.push_back(coordinator::NewGrpcStage(Serve(cores.back().get(), links.back().get())));
+  // With a late sender, its join reaches its worker only after the abort closed the session and
+  // fails there too (NOT_FOUND), after the receiver: the request still reports the receiver.
+  for (const absl::Duration send_delay : {absl::ZeroDuration(), absl::Milliseconds(300)}) {
+    SCOPED_TRACE(absl::StrCat("send_join_delay ", absl::FormatDuration(send_delay)));
+    std::vector<std::shared_ptr<worker::GrpcPeerTransport>> links;
+    std::vector<std::unique_ptr<WorkerCore>> cores;
+    std::vector<std::unique_ptr<coordinator::Stage>> stages;
+    for (int i = 0; i < 2; ++i) {
+      links.push_back(std::make_shared<worker::GrpcPeerTransport>());
+      cores.push_back(std::move(Workers(1, links.back())[0]));
+      stages.push_back(coordinator::NewGrpcStage(Serve(cores.back().get(), links.back().get())));
+    }
+    stages[0] = std::make_unique<FailingStage>(std::move(stages[0]), 0,
+                                               /*fail_receive_link=*/false, send_delay);
+    stages[1] = std::make_unique<FailingStage>(std::move(stages[1]), 0, /*fail_receive_link=*/true);
+    ASSERT_OK_AND_ASSIGN(
+        auto c, MakeCoordinator(std::move(stages), coordinator::ActivationTransport::kPeer));
+    NullSink sink;
+    const absl::Time t0 = absl::Now();
+    EXPECT_THAT(c->Ask(ask_, coordinator::CallContext{}, &sink).status(),
+                StatusIs(absl::StatusCode::kInternal,
+                         AllOf(HasSubstr("stage 1 (127.0.0.1:"), HasSubstr("injected link"))));
+    EXPECT_LT(absl::Now() - t0, absl::Seconds(10));
+    for (const auto& core : cores) EXPECT_EQ(core->GetStats().open_sessions, 0);
+    c.reset();
+    for (auto& s : grpc_servers_) s->Shutdown();
+    grpc_servers_.clear();
   }
-  stages[1] = std::make_unique<FailingStage>(std::move(stages[1]), 0, /*fail_receive_link=*/true);
-  ASSERT_OK_AND_ASSIGN(auto c,
-                       MakeCoordinator(std::move(stages), coordinator::ActivationTransport::kPeer));
-  NullSink sink;
-  const absl::Time t0 = absl::Now();
-  EXPECT_THAT(c->Ask(ask_, coordinator::CallContext{}, &sink).status(),
-              StatusIs(absl::StatusCode::kInternal, HasSubstr("stage 1 (127.0.0.1:")));
-  EXPECT_LT(absl::Now() - t0, absl::Seconds(10));
-  for (const auto& core : cores) EXPECT_EQ(core->GetStats().open_sessions, 0);
-  c.reset();
-  for (auto& s : grpc_servers_) s->Shutdown();
 }
 
 TEST_F(CoordinatorLinkTest, AnUnhealthyWorkerIsReportedAndRefusedNotUsed) {
