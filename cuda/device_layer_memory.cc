@@ -39,31 +39,45 @@ absl::Status CudaMemoryBackend::BlockTopKToHost(const BlockTopKParams& p, void* 
                                                 int32_t* h_ids, float* h_scores, Stream s) {
   return LaunchBlockTopKToHost(p, ws, ws_bytes, h_ids, h_scores, s);
 }
-absl::Status CudaMemoryBackend::MemoryAttention(const MemoryAttentionParams& p, void* ws,
-                                                size_t ws_bytes, Stream s) {
-  if (p.n < kGemmAttentionMinQueries) return LaunchMemoryAttention(p, ws, ws_bytes, s);
-  // One SGEMM path (a cuBLAS handle and a score workspace) per device and stream: work on one
-  // stream runs in order, so the layers and sessions enqueued on it share the workspace, while
-  // engines on other streams (other threads) get their own. Keyed by stream rather than by
-  // thread, since a worker's RPC threads take turns on one stream. Entries live as long as the
-  // process: engines create their streams once (a worker's backend, a DeviceModel), and an
-  // address reused by a later stream simply reuses the entry.
+namespace {
+
+// One SGEMM path (a cuBLAS handle and a score workspace) per device and stream: work on one
+// stream runs in order, so the layers and sessions enqueued on it share the workspace, while
+// engines on other streams (other threads) get their own. Keyed by stream rather than by
+// thread, since a worker's RPC threads take turns on one stream. Entries live as long as the
+// process: engines create their streams once (a worker's backend, a DeviceModel), and an
+// address reused by a later stream simply reuses the entry. The caller owns the stream: no
+// other thread enqueues on it while it uses the result.
+absl::StatusOr<MemoryAttentionGemm*> GemmFor(Stream s) {
   static absl::Mutex mu(absl::kConstInit);
   static auto* gemms =
       new absl::flat_hash_map<std::pair<int, Stream>, std::unique_ptr<MemoryAttentionGemm>>();
   int device = 0;
   CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  MemoryAttentionGemm* gemm = nullptr;
-  {
-    absl::MutexLock lock(&mu);
-    std::unique_ptr<MemoryAttentionGemm>& slot = (*gemms)[{device, s}];
-    if (slot == nullptr) {
-      ASSIGN_OR_RETURN(slot, MemoryAttentionGemm::Create());
-    }
-    gemm = slot.get();
+  absl::MutexLock lock(&mu);
+  std::unique_ptr<MemoryAttentionGemm>& slot = (*gemms)[{device, s}];
+  if (slot == nullptr) {
+    ASSIGN_OR_RETURN(slot, MemoryAttentionGemm::Create());
   }
-  // The caller owns the stream: no other thread enqueues on it meanwhile.
+  return slot.get();
+}
+
+}  // namespace
+
+absl::Status CudaMemoryBackend::MemoryAttention(const MemoryAttentionParams& p, void* ws,
+                                                size_t ws_bytes, Stream s) {
+  if (p.n < kGemmAttentionMinQueries) return LaunchMemoryAttention(p, ws, ws_bytes, s);
+  ASSIGN_OR_RETURN(MemoryAttentionGemm * gemm, GemmFor(s));
   return gemm->Launch(p, s);
+}
+absl::Status CudaMemoryBackend::MemoryAttentionLocalScores(const MemoryAttentionParams& p,
+                                                           Stream s) {
+  if (p.n < kGemmAttentionMinQueries) return LaunchMemoryAttentionLocalScores(p, s);
+  ASSIGN_OR_RETURN(MemoryAttentionGemm * gemm, GemmFor(s));
+  return gemm->LaunchLocalScores(p, s);
+}
+absl::Status CudaMemoryBackend::MergeAttention(const MergeAttentionParams& p, Stream s) {
+  return LaunchMergeAttention(p, s);
 }
 absl::Status CudaMemoryBackend::Zero(float* d, int64_t count, Stream s) {
   if (count <= 0) return absl::OkStatus();

@@ -32,6 +32,8 @@ struct CudaMemoryBackend {
   template <typename T>
   using HostBuffer = PinnedHostBuffer<T>;
   using BlockCache = DeviceBlockCache;
+  // Create(), Record(stream), Synchronize() (cuda/device.h).
+  using Event = CudaEvent;
 
   static absl::Status CopyRows(const CopyRowsParams& p, Stream s);
   static absl::Status FillPositions(const FillPositionsParams& p, Stream s);
@@ -49,6 +51,9 @@ struct CudaMemoryBackend {
   static constexpr int64_t kGemmAttentionMinQueries = 16;
   static absl::Status MemoryAttention(const MemoryAttentionParams& p, void* ws, size_t ws_bytes,
                                       Stream s);
+  // Split attention (cuda/memory_attention.h), on the same two paths.
+  static absl::Status MemoryAttentionLocalScores(const MemoryAttentionParams& p, Stream s);
+  static absl::Status MergeAttention(const MergeAttentionParams& p, Stream s);
   // cudaMemsetAsync of count floats to 0.
   static absl::Status Zero(float* d, int64_t count, Stream s);
   // cudaMemcpyAsync device to host (pageable `host`: returns once the copy is done).

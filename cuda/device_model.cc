@@ -147,6 +147,12 @@ int64_t DeviceModel::MemoryDeviceBytes() const {
   return bytes;
 }
 
+void DeviceModel::SetOverlapLoads(bool on) {
+  for (DeviceSequenceLayer& l : impl_->seq) {
+    if (l.memory != nullptr) l.memory->set_overlap_loads(on);
+  }
+}
+
 absl::Status DeviceModel::Forward(const int32_t* ids, int n, int start_pos, float* logits_host,
                                   const ForwardOptions& forward) {
   Impl& m = *impl_;

@@ -140,6 +140,9 @@ class DeviceModel {
                        const ForwardOptions& forward = {});
   // Bytes of device memory held by the layers' context memories (0 in full mode).
   int64_t MemoryDeviceBytes() const;
+  // Tiered mode: LayerMemoryEngineOptions::overlap_loads of every layer from the next chunk on
+  // (default true); for benchmarks of the overlap.
+  void SetOverlapLoads(bool on);
 
  private:
   struct Impl;

@@ -121,12 +121,21 @@ class HostBlockCache {
   int64_t misses_ = 0;
 };
 
+// CudaEvent's protocol where every op has completed when it returns.
+class HostEvent {
+ public:
+  static absl::StatusOr<HostEvent> Create() { return HostEvent(); }
+  absl::Status Record(Stream /*stream*/) const { return absl::OkStatus(); }
+  absl::Status Synchronize() const { return absl::OkStatus(); }
+};
+
 struct HostMemoryBackend {
   template <typename T>
   using Buffer = HostArray<T>;
   template <typename T>
   using HostBuffer = HostArray<T>;
   using BlockCache = HostBlockCache;
+  using Event = HostEvent;
 
   static absl::Status CopyRows(const CopyRowsParams& p, Stream) { return CopyRowsRef(p); }
   static absl::Status FillPositions(const FillPositionsParams& p, Stream) {
@@ -151,6 +160,12 @@ struct HostMemoryBackend {
   }
   static absl::Status MemoryAttention(const MemoryAttentionParams& p, void*, size_t, Stream) {
     return MemoryAttentionRef(p);
+  }
+  static absl::Status MemoryAttentionLocalScores(const MemoryAttentionParams& p, Stream) {
+    return MemoryAttentionLocalScoresRef(p);
+  }
+  static absl::Status MergeAttention(const MergeAttentionParams& p, Stream) {
+    return MergeAttentionRef(p);
   }
   static absl::Status Zero(float* x, int64_t count, Stream) {
     if (count > 0) std::fill(x, x + count, 0.0f);

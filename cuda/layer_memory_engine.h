@@ -28,11 +28,15 @@
 //   - tiered (a worker::BlockStorage: host memory or the RocksDB memstore): the algorithm's fast
 //     tier. Each cut block is copied to the host and stored under BlockId{session, layer, b};
 //     backend memory holds a cache of max_cached_block blocks (Backend::BlockCache, LRU). Each
-//     chunk's selection is copied to the host (one wait per layer and chunk), misses are loaded
-//     from the storage and uploaded (on the device: on a copy stream that the compute stream
-//     waits for, overlapping the work already enqueued), and the attention gathers from the
-//     cache slots. Documents are bounded by the storage and by max_blocks representative
-//     vectors, not by the blocks' K and V in device memory.
+//     chunk's selection is copied to the host (one wait per layer and chunk, on an event),
+//     misses are loaded from the storage and uploaded (on the device: on a copy stream that
+//     the compute stream waits for), and the attention gathers from the cache slots. The
+//     attention is split around that wait (cuda/memory_attention.h, "Split attention"): the
+//     local window, sinks and pending tokens are enqueued before it, so the device attends
+//     them while the host loads; the selected blocks after, then a merge and the local scores
+//     from the merged statistics (options.overlap_loads = false: one joint attention after the
+//     loads). Documents are bounded by the storage and by max_blocks representative vectors,
+//     not by the blocks' K and V in device memory.
 // In streaming mode (topk 0) blocks are cut but nothing is stored, since nothing is ever
 // retrieved.
 //
@@ -40,7 +44,8 @@
 // bytes(); Buffer also Download(host, count, stream)) and static ops with the signatures of the
 // Launch* functions of cuda/memory_ops.h, rope.h, block_topk.h and memory_attention.h:
 // CopyRows, FillPositions, MeanRows, TopMean, GatherBlocks, Rope, BlockTopKWorkspaceBytes,
-// BlockTopK, BlockTopKToHost, MemoryAttention, plus Zero(float*, count, stream),
+// BlockTopK, BlockTopKToHost, MemoryAttention, MemoryAttentionLocalScores, MergeAttention,
+// plus an Event type (CudaEvent's Create, Record, Synchronize), Zero(float*, count, stream),
 // CopyToHost(float* host, const float* src, count, stream), Synchronize(stream), and a
 // BlockCache type with the interface of DeviceBlockCache (cuda/device_block_cache.h: Create,
 // Ensure, Release, d_k, d_v, num_slots). Buffer<int32_t> also has Upload(host, count, stream).
@@ -108,6 +113,11 @@ struct LayerMemoryEngineOptions {
   // must be at least topk. Default: null (pool mode).
   worker::BlockStorage* storage = nullptr;
   uint64_t session = 0;
+  // Tiered mode: a chunk's attention is split (cuda/memory_attention.h) so that its local
+  // window, sinks and pending tokens are attended while the host loads the selected blocks'
+  // misses; false waits for the loads and attends everything at once (the same results up to
+  // fp32 rounding; for benchmarks of the overlap). Default: true.
+  bool overlap_loads = true;
 };
 
 template <typename Backend>
@@ -174,6 +184,9 @@ class LayerMemoryEngine : private worker::LayerMemoryDims {
   // Bytes of backend memory this layer allocated.
   int64_t Bytes() const;
 
+  // LayerMemoryEngineOptions::overlap_loads from the next chunk on.
+  void set_overlap_loads(bool on) { overlap_loads_ = on; }
+
  private:
   template <typename T>
   using Buffer = typename Backend::template Buffer<T>;
@@ -198,6 +211,27 @@ class LayerMemoryEngine : private worker::LayerMemoryDims {
   // Tiered mode: a fresh, empty block cache (its bytes are counted in Bytes()).
   absl::Status CreateCache();
   absl::Status AppendPending(const float* qkv, int64_t stride, int64_t n, int64_t start);
+  // The attention parameters every call of a chunk shares (queries, local keys, shape); the
+  // global keys, local scores and row statistics are the caller's.
+  MemoryAttentionParams AttentionParams(int64_t n, int64_t start, float* out);
+  // Copies `rows` K and V rows into global_k / global_v from row `first` on.
+  absl::Status CopyGlobalRows(const float* k, const float* v, int64_t rows, int64_t first);
+  // The pending tokens (unrotated keys) as global keys from row `first` on, at their real
+  // positions, and global_pos of the rows before them kAlwaysVisible.
+  absl::Status PendingAsGlobal(int64_t first);
+  // Tiered mode, after the selection's copy to the host was enqueued and selection_ready
+  // recorded: waits for it, makes the `sel` selected blocks resident in the cache and gathers
+  // them into global_k / global_v from row `first` on.
+  absl::Status LoadSelected(int64_t sel, int64_t first);
+  // Steps 3-4 with one MemoryAttention call over every key: sinks, the `sel` selected blocks
+  // (from the pool, ids in backend memory of `num` blocks, or tiered through LoadSelected),
+  // pending tokens as global keys.
+  absl::Status JointAttention(int64_t n, int64_t start, int64_t sel, int64_t num, float* out);
+  // Steps 3-4 in the tiered mode with `sel` > 0 blocks selected, as a split attention
+  // (cuda/memory_attention.h): part A (local window, sinks, pending tokens) is enqueued before
+  // the host waits for the selection and loads the misses, part B (the selected blocks from
+  // the cache) after; then the merge and the local scores from the merged statistics.
+  absl::Status TieredAttention(int64_t n, int64_t start, int64_t sel, float* out);
   absl::Status Commit();
   absl::Status ComputeQuestionVector();
   absl::Status CutBlock();
@@ -220,6 +254,7 @@ class LayerMemoryEngine : private worker::LayerMemoryDims {
   const int64_t pending_rows_;  // Capacity of the pending arrays in rows.
   const int64_t global_rows_;   // Capacity of the chunk's global keys in rows.
   const bool tiered_;           // Blocks in options_.storage, a cache in backend memory.
+  bool overlap_loads_;          // Tiered: split attention around the loads.
 
   std::unique_ptr<Buffers> buf_;
   int64_t init_size_ = 0;
@@ -251,6 +286,11 @@ struct LayerMemoryEngine<Backend>::Buffers {
   HostBuffer<int32_t> h_ids;         // [topk] host copies for the record
   HostBuffer<float> h_scores;        // [topk]
   Buffer<float> attn_workspace;      // MemoryAttentionWorkspaceBytes
+  // Tiered mode: split attention's row statistics ([2 * exc_block_size * heads] each: part A's,
+  // then the merged ones; part B's), part B's output, and the event after the selection's copy.
+  Buffer<float> stats, stats_b;
+  Buffer<float> out_b;  // [exc_block_size, q_dim]
+  typename Backend::Event selection_ready;
   // Tiered mode: the fast tier, the slots of the selected blocks, and host staging for a cut
   // block's K and V.
   std::unique_ptr<typename Backend::BlockCache> cache;
@@ -281,7 +321,8 @@ LayerMemoryEngine<Backend>::LayerMemoryEngine(const worker::MemoryConfig& config
                     config.exc_block_size),
       global_rows_(static_cast<int64_t>(config.n_init) +
                    static_cast<int64_t>(topk_) * config.block_size + pending_rows_),
-      tiered_(options.storage != nullptr && topk_ > 0) {}
+      tiered_(options.storage != nullptr && topk_ > 0),
+      overlap_loads_(options.overlap_loads) {}
 
 template <typename Backend>
 LayerMemoryEngine<Backend>::~LayerMemoryEngine() = default;
@@ -371,8 +412,13 @@ absl::StatusOr<std::unique_ptr<LayerMemoryEngine<Backend>>> LayerMemoryEngine<Ba
   m->buf_ = std::move(buf);
   if (m->tiered_) {
     RETURN_IF_ERROR(m->CreateCache());
-    RETURN_IF_ERROR(Alloc(&m->buf_->slot_ids, m->topk_, &m->buf_->bytes));
-    m->buf_->h_block.resize(2 * config.block_size * kvd);
+    Buffers& b = *m->buf_;
+    RETURN_IF_ERROR(Alloc(&b.slot_ids, m->topk_, &b.bytes));
+    RETURN_IF_ERROR(Alloc(&b.stats, 2 * exc * m->heads_, &b.bytes));
+    RETURN_IF_ERROR(Alloc(&b.stats_b, 2 * exc * m->heads_, &b.bytes));
+    RETURN_IF_ERROR(Alloc(&b.out_b, exc * qd, &b.bytes));
+    ASSIGN_OR_RETURN(b.selection_ready, Backend::Event::Create());
+    b.h_block.resize(2 * config.block_size * kvd);
   }
   return m;
 }
@@ -512,93 +558,11 @@ absl::Status LayerMemoryEngine<Backend>::Process(const float* qkv, int64_t strid
           Backend::BlockTopK(t, b.topk_workspace.data(), b.topk_workspace.bytes(), stream_));
     }
   }
-  // Global keys: sinks, the selected blocks (always visible), then the pending tokens at their
-  // real positions (visible once older than the window).
-  const int64_t bs = config_.block_size;
-  const int64_t P = end_ - p0_;
-  const int64_t fixed = init_size_ + sel * bs;
-  const int64_t ng = fixed + (pending_global_ ? P : 0);
-  for (auto [src, dst] : {std::pair{b.init_k.data(), b.global_k.data()},
-                          std::pair{b.init_v.data(), b.global_v.data()}}) {
-    RETURN_IF_ERROR(Backend::CopyRows({.src = src,
-                                       .dst = dst,
-                                       .rows = init_size_,
-                                       .cols = kv_dim_,
-                                       .src_stride = kv_dim_,
-                                       .dst_stride = kv_dim_},
-                                      stream_));
+  if (tiered_ && sel > 0 && overlap_loads_) {
+    RETURN_IF_ERROR(TieredAttention(n, start, sel, out));
+  } else {
+    RETURN_IF_ERROR(JointAttention(n, start, sel, num, out));
   }
-  if (sel > 0) {
-    GatherBlocksParams g;
-    g.ids = b.ids.data();
-    g.pool_k = b.pool_k.data();
-    g.pool_v = b.pool_v.data();
-    g.num_blocks = num;
-    if (tiered_) {
-      // The selection on the host, its blocks made resident in the cache (misses loaded from
-      // the storage and uploaded), then gathered from their slots.
-      RETURN_IF_ERROR(Backend::Synchronize(stream_));
-      std::vector<BlockKey> keys;
-      for (int64_t i = 0; i < sel; ++i) {
-        keys.push_back(BlockKey{block_owner_[b.h_ids[i]], layer_, b.h_ids[i]});
-      }
-      StorageBlockLoader loader(options_.storage);
-      ASSIGN_OR_RETURN(const std::vector<int32_t> slots, b.cache->Ensure(keys, &loader, stream_));
-      RETURN_IF_ERROR(b.slot_ids.Upload(slots.data(), slots.size(), stream_));
-      g.ids = b.slot_ids.data();
-      g.pool_k = b.cache->d_k(0);
-      g.pool_v = b.cache->d_v(0);
-      g.num_blocks = b.cache->num_slots();
-    }
-    g.dst_k = b.global_k.data() + init_size_ * kv_dim_;
-    g.dst_v = b.global_v.data() + init_size_ * kv_dim_;
-    g.count = sel;
-    g.block_elems = bs * kv_dim_;
-    RETURN_IF_ERROR(Backend::GatherBlocks(g, stream_));
-  }
-  if (pending_global_) {
-    for (auto [src, dst] :
-         {std::pair{pk(0), b.global_k.data()}, std::pair{pv(0), b.global_v.data()}}) {
-      RETURN_IF_ERROR(Backend::CopyRows({.src = src,
-                                         .dst = dst + fixed * kv_dim_,
-                                         .rows = P,
-                                         .cols = kv_dim_,
-                                         .src_stride = kv_dim_,
-                                         .dst_stride = kv_dim_},
-                                        stream_));
-    }
-    RETURN_IF_ERROR(Backend::FillPositions(
-        {.out = b.global_pos.data(), .n = fixed, .first = kAlwaysVisible, .step = 0}, stream_));
-    RETURN_IF_ERROR(Backend::FillPositions(
-        {.out = b.global_pos.data() + fixed, .n = P, .first = p0_, .step = 1}, stream_));
-  }
-
-  // 3-4. Two-stage attention with one joint softmax, and local-score accumulation.
-  MemoryAttentionParams a;
-  a.q_local = b.q_loc.data();
-  a.q_global = b.q_glob.data();
-  a.local_k = pkr(0);
-  a.local_v = pv(0);
-  a.global_k = ng > 0 ? b.global_k.data() : nullptr;
-  a.global_v = ng > 0 ? b.global_v.data() : nullptr;
-  a.global_pos = pending_global_ ? b.global_pos.data() : nullptr;
-  a.out = out;
-  a.local_scores = ps(0);
-  a.n = n;
-  a.start = start;
-  a.num_local = P;
-  a.local_first = p0_;
-  a.num_global = ng;
-  a.n_local = n_local_;
-  a.heads = heads_;
-  a.kv_heads = kv_heads_;
-  a.head_dim = head_dim_;
-  a.scale = scale_;
-  RETURN_IF_ERROR(
-      Backend::MemoryAttention(a, b.attn_workspace.data(), b.attn_workspace.bytes(), stream_));
-  // The gathered copies are what the attention read; the slots may be reused once the gather
-  // has run, which Release orders on the stream.
-  if (tiered_ && sel > 0) RETURN_IF_ERROR(b.cache->Release(stream_));
 
   if (record != nullptr) {
     RETURN_IF_ERROR(Backend::Synchronize(stream_));
@@ -617,6 +581,168 @@ absl::Status LayerMemoryEngine<Backend>::Process(const float* qkv, int64_t strid
   }
   // 5-6. Commit.
   return Commit();
+}
+
+template <typename Backend>
+MemoryAttentionParams LayerMemoryEngine<Backend>::AttentionParams(int64_t n, int64_t start,
+                                                                  float* out) {
+  Buffers& b = *buf_;
+  MemoryAttentionParams a;
+  a.q_local = b.q_loc.data();
+  a.q_global = b.q_glob.data();
+  a.local_k = pkr(0);
+  a.local_v = pv(0);
+  a.out = out;
+  a.n = n;
+  a.start = start;
+  a.num_local = end_ - p0_;
+  a.local_first = p0_;
+  a.n_local = n_local_;
+  a.heads = heads_;
+  a.kv_heads = kv_heads_;
+  a.head_dim = head_dim_;
+  a.scale = scale_;
+  return a;
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::CopyGlobalRows(const float* k, const float* v,
+                                                        int64_t rows, int64_t first) {
+  Buffers& b = *buf_;
+  for (auto [src, dst] : {std::pair{k, b.global_k.data()}, std::pair{v, b.global_v.data()}}) {
+    RETURN_IF_ERROR(Backend::CopyRows({.src = src,
+                                       .dst = dst + first * kv_dim_,
+                                       .rows = rows,
+                                       .cols = kv_dim_,
+                                       .src_stride = kv_dim_,
+                                       .dst_stride = kv_dim_},
+                                      stream_));
+  }
+  return absl::OkStatus();
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::PendingAsGlobal(int64_t first) {
+  Buffers& b = *buf_;
+  const int64_t P = end_ - p0_;
+  RETURN_IF_ERROR(CopyGlobalRows(pk(0), pv(0), P, first));
+  RETURN_IF_ERROR(Backend::FillPositions(
+      {.out = b.global_pos.data(), .n = first, .first = kAlwaysVisible, .step = 0}, stream_));
+  return Backend::FillPositions(
+      {.out = b.global_pos.data() + first, .n = P, .first = p0_, .step = 1}, stream_);
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::LoadSelected(int64_t sel, int64_t first) {
+  Buffers& b = *buf_;
+  // The selection on the host, its blocks made resident in the cache (misses read from the
+  // storage and uploaded on the cache's copy stream, which the stream waits for), then gathered
+  // from their slots.
+  RETURN_IF_ERROR(b.selection_ready.Synchronize());
+  std::vector<BlockKey> keys;
+  for (int64_t i = 0; i < sel; ++i) {
+    keys.push_back(BlockKey{block_owner_[b.h_ids[i]], layer_, b.h_ids[i]});
+  }
+  StorageBlockLoader loader(options_.storage);
+  ASSIGN_OR_RETURN(const std::vector<int32_t> slots, b.cache->Ensure(keys, &loader, stream_));
+  RETURN_IF_ERROR(b.slot_ids.Upload(slots.data(), slots.size(), stream_));
+  GatherBlocksParams g;
+  g.ids = b.slot_ids.data();
+  g.pool_k = b.cache->d_k(0);
+  g.pool_v = b.cache->d_v(0);
+  g.num_blocks = b.cache->num_slots();
+  g.dst_k = b.global_k.data() + first * kv_dim_;
+  g.dst_v = b.global_v.data() + first * kv_dim_;
+  g.count = sel;
+  g.block_elems = config_.block_size * kv_dim_;
+  RETURN_IF_ERROR(Backend::GatherBlocks(g, stream_));
+  // The gathered copies are what the attention reads; the slots may be reused once the gather
+  // has run, which Release orders on the stream.
+  return b.cache->Release(stream_);
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::JointAttention(int64_t n, int64_t start, int64_t sel,
+                                                        int64_t num, float* out) {
+  Buffers& b = *buf_;
+  // Global keys: sinks, the selected blocks (always visible), then the pending tokens at their
+  // real positions (visible once older than the window).
+  const int64_t bs = config_.block_size;
+  const int64_t P = end_ - p0_;
+  const int64_t fixed = init_size_ + sel * bs;
+  const int64_t ng = fixed + (pending_global_ ? P : 0);
+  RETURN_IF_ERROR(CopyGlobalRows(b.init_k.data(), b.init_v.data(), init_size_, 0));
+  if (tiered_ && sel > 0) {
+    RETURN_IF_ERROR(b.selection_ready.Record(stream_));
+    RETURN_IF_ERROR(LoadSelected(sel, init_size_));
+  } else if (sel > 0) {
+    GatherBlocksParams g;
+    g.ids = b.ids.data();
+    g.pool_k = b.pool_k.data();
+    g.pool_v = b.pool_v.data();
+    g.num_blocks = num;
+    g.dst_k = b.global_k.data() + init_size_ * kv_dim_;
+    g.dst_v = b.global_v.data() + init_size_ * kv_dim_;
+    g.count = sel;
+    g.block_elems = bs * kv_dim_;
+    RETURN_IF_ERROR(Backend::GatherBlocks(g, stream_));
+  }
+  if (pending_global_) RETURN_IF_ERROR(PendingAsGlobal(fixed));
+  // 3-4. Two-stage attention with one joint softmax, and local-score accumulation.
+  MemoryAttentionParams a = AttentionParams(n, start, out);
+  a.global_k = ng > 0 ? b.global_k.data() : nullptr;
+  a.global_v = ng > 0 ? b.global_v.data() : nullptr;
+  a.global_pos = pending_global_ ? b.global_pos.data() : nullptr;
+  a.local_scores = ps(0);
+  a.num_global = ng;
+  return Backend::MemoryAttention(a, b.attn_workspace.data(), b.attn_workspace.bytes(), stream_);
+}
+
+template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::TieredAttention(int64_t n, int64_t start, int64_t sel,
+                                                         float* out) {
+  Buffers& b = *buf_;
+  // The selection's copy to the host is enqueued; this event marks it.
+  RETURN_IF_ERROR(b.selection_ready.Record(stream_));
+  // Part A, enqueued before the host waits: the keys already in backend memory. Global keys
+  // [sinks | pending tokens at their positions], then (part B) the selected blocks.
+  const int64_t P = end_ - p0_;
+  const int64_t ga = init_size_ + (pending_global_ ? P : 0);
+  RETURN_IF_ERROR(CopyGlobalRows(b.init_k.data(), b.init_v.data(), init_size_, 0));
+  if (pending_global_) RETURN_IF_ERROR(PendingAsGlobal(init_size_));
+  MemoryAttentionParams a = AttentionParams(n, start, out);
+  a.global_k = ga > 0 ? b.global_k.data() : nullptr;
+  a.global_v = ga > 0 ? b.global_v.data() : nullptr;
+  a.global_pos = pending_global_ ? b.global_pos.data() : nullptr;
+  a.num_global = ga;
+  a.row_stats = b.stats.data();
+  RETURN_IF_ERROR(
+      Backend::MemoryAttention(a, b.attn_workspace.data(), b.attn_workspace.bytes(), stream_));
+
+  // Meanwhile, on the host: the selection, its blocks loaded, gathered after part A's keys.
+  RETURN_IF_ERROR(LoadSelected(sel, ga));
+
+  // Part B: the selected blocks, visible to every query, no local keys.
+  MemoryAttentionParams pb = AttentionParams(n, start, b.out_b.data());
+  pb.local_k = pb.local_v = nullptr;
+  pb.num_local = 0;
+  pb.global_k = b.global_k.data() + ga * kv_dim_;
+  pb.global_v = b.global_v.data() + ga * kv_dim_;
+  pb.num_global = sel * config_.block_size;
+  pb.row_stats = b.stats_b.data();
+  RETURN_IF_ERROR(
+      Backend::MemoryAttention(pb, b.attn_workspace.data(), b.attn_workspace.bytes(), stream_));
+  RETURN_IF_ERROR(Backend::MergeAttention({.out = out,
+                                           .stats = b.stats.data(),
+                                           .out_b = b.out_b.data(),
+                                           .stats_b = b.stats_b.data(),
+                                           .n = n,
+                                           .heads = heads_,
+                                           .head_dim = head_dim_},
+                                          stream_));
+  // Step 4 from the joint softmax's statistics, which the merge left in b.stats.
+  a.local_scores = ps(0);
+  return Backend::MemoryAttentionLocalScores(a, stream_);
 }
 
 template <typename Backend>

@@ -6,6 +6,7 @@
 // kernel reduces in a fixed order.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -163,11 +164,33 @@ __global__ void LocalScoreKernel(Args a) {
   if (lane == 0) a.local_scores[j * a.heads + h] += mass;
 }
 
-}  // namespace
+// One CTA per (query, head) row; see MergeAttentionParams (the same arithmetic as the CPU twin).
+__global__ void MergeAttentionKernel(float* __restrict__ out, float* __restrict__ stats,
+                                     const float* __restrict__ out_b,
+                                     const float* __restrict__ stats_b, int64_t rows,
+                                     int64_t head_dim) {
+  const int64_t r = blockIdx.x;
+  const float ma = stats[r], la = stats[rows + r], mb = stats_b[r], lb = stats_b[rows + r];
+  const float m = fmaxf(ma, mb);
+  const float wa = ma == -INFINITY ? 0.0f : la * expf(ma - m);
+  const float wb = mb == -INFINITY ? 0.0f : lb * expf(mb - m);
+  const float l = wa + wb;
+  float* o = out + r * head_dim;
+  const float* ob = out_b + r * head_dim;
+  for (int64_t t = threadIdx.x; t < head_dim; t += blockDim.x) {
+    o[t] = l > 0.0f ? (o[t] * wa + ob[t] * wb) / l : 0.0f;
+  }
+  // Every thread has read the part's statistics above; only the last read-modify-write of
+  // stats must follow them, and it touches this row alone.
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    stats[r] = m;
+    stats[rows + r] = l;
+  }
+}
 
-absl::Status LaunchMemoryAttention(const MemoryAttentionParams& p, void* d_workspace,
-                                   size_t workspace_bytes, Stream stream) {
-  RETURN_IF_ERROR(p.Validate());
+// The limits of the kernels' grids and shared memory.
+absl::Status CheckLaunchShape(const MemoryAttentionParams& p) {
   if (p.head_dim > kMemoryAttentionMaxHeadDim) {
     return absl::InvalidArgumentError(
         absl::StrCat("memory_attention: head_dim ", p.head_dim, " > ", kMemoryAttentionMaxHeadDim));
@@ -176,12 +199,11 @@ absl::Status LaunchMemoryAttention(const MemoryAttentionParams& p, void* d_works
   if (p.n > kMaxGridX || p.heads > 65535 || (p.num_local + kWarps - 1) / kWarps > kMaxGridX) {
     return absl::InvalidArgumentError("memory_attention: too many queries, heads or local keys");
   }
-  if (p.n == 0) return absl::OkStatus();
-  const size_t needed = MemoryAttentionWorkspaceBytes(p);
-  if (d_workspace == nullptr || workspace_bytes < needed) {
-    return absl::InvalidArgumentError(absl::StrCat("memory_attention: workspace of ",
-                                                   workspace_bytes, " bytes, ", needed, " needed"));
-  }
+  return absl::OkStatus();
+}
+
+// `stats`: the row max and sum arrays (2 * n * heads floats).
+Args MakeArgs(const MemoryAttentionParams& p, void* stats) {
   Args a{};
   a.q_local = p.q_local;
   a.q_global = p.q_global;
@@ -192,7 +214,7 @@ absl::Status LaunchMemoryAttention(const MemoryAttentionParams& p, void* d_works
   a.global_pos = p.global_pos;
   a.out = p.out;
   a.local_scores = p.local_scores;
-  a.row_max = static_cast<float*>(d_workspace);
+  a.row_max = static_cast<float*>(stats);
   a.row_sum = a.row_max + p.n * p.heads;
   a.n = p.n;
   a.start = p.start;
@@ -206,16 +228,56 @@ absl::Status LaunchMemoryAttention(const MemoryAttentionParams& p, void* d_works
   a.group = static_cast<int>(p.heads / p.kv_heads);
   a.head_dim = static_cast<int>(p.head_dim);
   a.scale = p.scale;
+  return a;
+}
+
+absl::Status LaunchLocalScores(const Args& a, Stream stream) {
+  const dim3 grid(static_cast<unsigned>((a.num_local + kWarps - 1) / kWarps),
+                  static_cast<unsigned>(a.heads));
+  LocalScoreKernel<<<grid, kThreads, 0, stream>>>(a);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LaunchMemoryAttention(const MemoryAttentionParams& p, void* d_workspace,
+                                   size_t workspace_bytes, Stream stream) {
+  RETURN_IF_ERROR(p.Validate());
+  RETURN_IF_ERROR(CheckLaunchShape(p));
+  if (p.n == 0) return absl::OkStatus();
+  const size_t needed = p.row_stats != nullptr ? 0 : MemoryAttentionWorkspaceBytes(p);
+  if (needed > 0 && (d_workspace == nullptr || workspace_bytes < needed)) {
+    return absl::InvalidArgumentError(absl::StrCat("memory_attention: workspace of ",
+                                                   workspace_bytes, " bytes, ", needed, " needed"));
+  }
+  const Args a = MakeArgs(p, p.row_stats != nullptr ? p.row_stats : d_workspace);
   const size_t smem = static_cast<size_t>((2 + kWarps) * p.head_dim + 2 * kWarps) * sizeof(float);
   const dim3 grid(static_cast<unsigned>(p.n), static_cast<unsigned>(p.heads));
   MemoryAttentionKernel<<<grid, kThreads, smem, stream>>>(a);
   CUDA_RETURN_IF_LAUNCH_ERROR();
-  if (p.local_scores != nullptr && p.num_local > 0) {
-    const dim3 score_grid(static_cast<unsigned>((p.num_local + kWarps - 1) / kWarps),
-                          static_cast<unsigned>(p.heads));
-    LocalScoreKernel<<<score_grid, kThreads, 0, stream>>>(a);
-    CUDA_RETURN_IF_LAUNCH_ERROR();
+  if (p.local_scores != nullptr && p.num_local > 0) RETURN_IF_ERROR(LaunchLocalScores(a, stream));
+  return absl::OkStatus();
+}
+
+absl::Status LaunchMemoryAttentionLocalScores(const MemoryAttentionParams& p, Stream stream) {
+  RETURN_IF_ERROR(p.ValidateLocalScores());
+  RETURN_IF_ERROR(CheckLaunchShape(p));
+  if (p.n == 0 || p.num_local == 0) return absl::OkStatus();
+  return LaunchLocalScores(MakeArgs(p, p.row_stats), stream);
+}
+
+absl::Status LaunchMergeAttention(const MergeAttentionParams& p, Stream stream) {
+  RETURN_IF_ERROR(p.Validate());
+  const int64_t rows = p.n * p.heads;
+  if (rows == 0) return absl::OkStatus();
+  if (rows > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError("merge_attention: too many rows");
   }
+  const int threads = static_cast<int>(std::min<int64_t>(p.head_dim, kThreads));
+  MergeAttentionKernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(
+      p.out, p.stats, p.out_b, p.stats_b, rows, p.head_dim);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
 

@@ -50,6 +50,11 @@ struct MemoryAttentionParams {
   float* out = nullptr;  // [n, q_dim] out; required if n > 0
   // [num_local, heads] in/out, optional: the mass of this chunk is ADDED to it.
   float* local_scores = nullptr;
+  // [2 * n * heads] out, optional (an input of the *LocalScores ops): the softmax statistics of
+  // each (query i, head h) row over the keys of this call, the max at [i * heads + h] and the
+  // sum of exp(score - max) at [n * heads + i * heads + h]; -inf and 0 for a row that sees no
+  // key. See "Split attention" below.
+  float* row_stats = nullptr;
 
   int64_t n = 0;            // Queries in the chunk, >= 0.
   int64_t start = 0;        // Position of query 0, >= 0.
@@ -68,6 +73,9 @@ struct MemoryAttentionParams {
   // INVALID_ARGUMENT for a negative size or position, n_local/heads/kv_heads/head_dim <= 0,
   // heads not a multiple of kv_heads, or a missing required pointer.
   absl::Status Validate() const;
+  // Validate() for the *LocalScores ops: row_stats and local_scores are required too when
+  // there are queries and local keys.
+  absl::Status ValidateLocalScores() const;
 };
 
 // CPU twin and the CPU backend: heads in parallel (OpenMP), scores and outputs through sgemm,
@@ -80,7 +88,7 @@ absl::Status MemoryAttentionRef(const MemoryAttentionParams& p);
 inline constexpr int64_t kMemoryAttentionMaxHeadDim = 256;
 
 // Device workspace of LaunchMemoryAttention: each (query, head) row's softmax max and sum,
-// 2 * n * heads floats.
+// 2 * n * heads floats. Not needed (may be null) when p.row_stats is set: they go there.
 [[nodiscard]] inline size_t MemoryAttentionWorkspaceBytes(const MemoryAttentionParams& p) {
   return p.n > 0 && p.heads > 0 ? static_cast<size_t>(2 * p.n * p.heads) * sizeof(float) : 0;
 }
@@ -98,6 +106,47 @@ inline constexpr int64_t kMemoryAttentionMaxHeadDim = 256;
 // otherwise.
 absl::Status LaunchMemoryAttention(const MemoryAttentionParams& p, void* d_workspace,
                                    size_t workspace_bytes, Stream stream);
+
+// Split attention. The tiered context memory learns which blocks a chunk attends only once the
+// selection reaches the host and the misses are loaded; meanwhile the device can already attend
+// the keys it has. So the keys of one chunk are split into two disjoint parts, A (the local
+// window, the sinks, the pending tokens) and B (the selected blocks), each attended by its own
+// MemoryAttention call with local_scores null and row_stats set; MergeAttention then combines
+// the two into the joint softmax's output and statistics, and *LocalScores adds step 4's local
+// scores from the merged statistics. Up to fp32 rounding, the result is that of one call over
+// all the keys.
+
+// out = (out * l * e^(m - M) + out_b * l_b * e^(m_b - M)) / L and stats = (M, L), per (query,
+// head) row, with (m, l) and (m_b, l_b) the parts' statistics (layout of row_stats),
+// M = max(m, m_b) and L = l e^(m - M) + l_b e^(m_b - M); a part whose row saw no key weighs
+// nothing, and a row that neither saw gets out = 0 (and stats -inf, 0).
+struct MergeAttentionParams {
+  float* out = nullptr;            // [n, heads * head_dim] in: part A's output; out: merged
+  float* stats = nullptr;          // [2 * n * heads] in: part A's row_stats; out: merged
+  const float* out_b = nullptr;    // [n, heads * head_dim]: part B's output
+  const float* stats_b = nullptr;  // [2 * n * heads]: part B's row_stats
+  int64_t n = 0;                   // >= 0
+  int64_t heads = 0;               // > 0
+  int64_t head_dim = 0;            // > 0
+
+  // INVALID_ARGUMENT for a bad size or a missing pointer when n > 0.
+  absl::Status Validate() const;
+};
+
+// CPU twin (host pointers). Errors: INVALID_ARGUMENT from Validate.
+absl::Status MergeAttentionRef(const MergeAttentionParams& p);
+// CUDA twin (device pointers): one kernel, no synchronization. Errors as the other launches.
+absl::Status LaunchMergeAttention(const MergeAttentionParams& p, Stream stream);
+
+// Adds to p.local_scores (required when n > 0 and num_local > 0) the local scores of step 4:
+// for every local key j and head h, the sum over the queries that see j, in query order, of
+// exp(score - max) / sum, with p.row_stats (required likewise) holding the JOINT softmax's
+// statistics (those MergeAttention wrote). Reads q_local, local_k and the window parameters;
+// ignores the global keys, q_global and out. CPU twin, then the scalar CUDA twin (the kernel
+// LaunchMemoryAttention runs after its forward; the SGEMM path has its own,
+// MemoryAttentionGemm::LaunchLocalScores).
+absl::Status MemoryAttentionLocalScoresRef(const MemoryAttentionParams& p);
+absl::Status LaunchMemoryAttentionLocalScores(const MemoryAttentionParams& p, Stream stream);
 
 }  // namespace qllm::cuda
 

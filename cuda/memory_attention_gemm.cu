@@ -35,9 +35,10 @@ __device__ float CtaReduce(float v, float* red, Op op) {
 
 // One CTA per (query i, head h): row [global scores | local scores] of S becomes the joint
 // softmax over the visible keys (others 0; a row without visible keys is all 0).
+// `stats` (optional): the row statistics of memory_attention.h.
 __global__ void MaskSoftmaxKernel(float* __restrict__ s, const int64_t* __restrict__ global_pos,
-                                  int64_t n, int64_t width, int64_t ng, int64_t start,
-                                  int64_t local_first, int64_t n_local) {
+                                  float* __restrict__ stats, int64_t n, int64_t width, int64_t ng,
+                                  int64_t start, int64_t local_first, int64_t n_local) {
   __shared__ float red[kThreads / 32];
   const int64_t i = blockIdx.x, h = blockIdx.y;
   float* row = s + (h * n + i) * width;
@@ -53,8 +54,13 @@ __global__ void MaskSoftmaxKernel(float* __restrict__ s, const int64_t* __restri
     if (visible(j)) m = fmaxf(m, row[j]);
   }
   m = CtaReduce(m, red, [](float a, float b) { return fmaxf(a, b); });
+  const int64_t rows = n * gridDim.y, r = i * gridDim.y + h;
   if (m == neg_inf) {
     for (int64_t j = threadIdx.x; j < width; j += blockDim.x) row[j] = 0.0f;
+    if (stats != nullptr && threadIdx.x == 0) {
+      stats[r] = neg_inf;
+      stats[rows + r] = 0.0f;
+    }
     return;
   }
   float sum = 0.0f;
@@ -64,6 +70,10 @@ __global__ void MaskSoftmaxKernel(float* __restrict__ s, const int64_t* __restri
     sum += e;
   }
   sum = CtaReduce(sum, red, [](float a, float b) { return a + b; });
+  if (stats != nullptr && threadIdx.x == 0) {
+    stats[r] = m;
+    stats[rows + r] = sum;
+  }
   const float inv = 1.0f / sum;
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) row[j] *= inv;
 }
@@ -79,6 +89,39 @@ __global__ void LocalScoresKernel(const float* __restrict__ s, float* __restrict
   float sum = 0.0f;
   for (int64_t i = 0; i < n; ++i) sum += col[i * width];
   scores[j * heads + h] += sum;
+}
+
+// Thread (h, j): local_scores[j, h] += sum over the queries i that see local key j, in order,
+// of exp(S[h, i, j] - max_i) / sum_i, S the local keys' scores only ([heads, n, num_local]) and
+// (max, sum) the joint row statistics.
+__global__ void LocalScoresFromStatsKernel(const float* __restrict__ s,
+                                           const float* __restrict__ stats,
+                                           float* __restrict__ scores, int64_t n, int64_t num_local,
+                                           int64_t heads, int64_t start, int64_t local_first,
+                                           int64_t n_local) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= num_local * heads) return;
+  const int64_t h = t / num_local, j = t % num_local;
+  // Query i sees j iff pos_j <= start + i < pos_j + n_local.
+  const int64_t pos_j = local_first + j;
+  const int64_t first = max(int64_t{0}, pos_j - start);
+  const int64_t last = min(n - 1, pos_j - start + n_local - 1);
+  const float* col = s + h * n * num_local + j;
+  const int64_t rows = n * heads;
+  float sum = 0.0f;
+  for (int64_t i = first; i <= last; ++i) {
+    const int64_t r = i * heads + h;
+    sum += expf(col[i * num_local] - stats[r]) / stats[rows + r];
+  }
+  scores[j * heads + h] += sum;
+}
+
+// Writes the statistics of rows that see no key: max -inf, sum 0.
+__global__ void EmptyStatsKernel(float* __restrict__ stats, int64_t rows) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  stats[r] = -INFINITY;
+  stats[rows + r] = 0.0f;
 }
 
 }  // namespace
@@ -116,52 +159,22 @@ absl::Status MemoryAttentionGemm::Launch(const MemoryAttentionParams& p, Stream 
   const int64_t group = p.heads / p.kv_heads;
   if (width == 0) {
     CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.out, 0, p.n * qd * sizeof(float), stream));
+    if (p.row_stats != nullptr) {
+      const int64_t rows = p.n * p.heads;
+      EmptyStatsKernel<<<static_cast<unsigned>((rows + kThreads - 1) / kThreads), kThreads, 0,
+                         stream>>>(p.row_stats, rows);
+      CUDA_RETURN_IF_LAUNCH_ERROR();
+    }
     return absl::OkStatus();
   }
-  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
-  if (width > kIntMax || p.n * width > kIntMax || qd > kIntMax) {
-    return absl::InvalidArgumentError(absl::StrCat("memory attention (gemm): chunk of ", p.n,
-                                                   " queries over ", width, " keys is too large"));
-  }
-  const size_t bytes = WorkspaceBytes(p);
-  if (bytes > impl_->workspace_bytes) {
-    if (impl_->workspace != nullptr) {
-      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-      cudaFree(impl_->workspace);
-      impl_->workspace = nullptr;
-      impl_->workspace_bytes = 0;
-    }
-    void* ws = nullptr;
-    CUDA_RETURN_IF_ERROR(cudaMalloc(&ws, bytes));
-    impl_->workspace = static_cast<float*>(ws);
-    impl_->workspace_bytes = bytes;
-  }
+  RETURN_IF_ERROR(Scores(p, /*global=*/true, stream));
   cublasHandle_t h = impl_->handle;
-  CUBLAS_RETURN_IF_ERROR(cublasSetStream(h, stream));
   const int n = static_cast<int>(p.n), w = static_cast<int>(width);
   const long long row_stride = static_cast<long long>(p.n) * width;  // One head's scores.
-  const float zero = 0.0f, one = 1.0f, scale = p.scale;
-  // Scores, column-major view: S_h^T [width, n] = K [width, D] . q_h^T, per KV head over its
-  // group of query heads (K shared: stride 0).
-  for (int64_t g = 0; g < p.kv_heads; ++g) {
-    const int64_t h0 = g * group;
-    float* s0 = impl_->workspace + h0 * row_stride;
-    if (ng > 0) {
-      CUBLAS_RETURN_IF_ERROR(cublasSgemmStridedBatched(
-          h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(ng), n, static_cast<int>(d), &scale,
-          p.global_k + g * d, static_cast<int>(kvd), 0, p.q_global + h0 * d, static_cast<int>(qd),
-          d, &zero, s0, w, row_stride, static_cast<int>(group)));
-    }
-    if (nl > 0) {
-      CUBLAS_RETURN_IF_ERROR(cublasSgemmStridedBatched(
-          h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(nl), n, static_cast<int>(d), &scale,
-          p.local_k + g * d, static_cast<int>(kvd), 0, p.q_local + h0 * d, static_cast<int>(qd), d,
-          &zero, s0 + ng, w, row_stride, static_cast<int>(group)));
-    }
-  }
+  const float zero = 0.0f, one = 1.0f;
   MaskSoftmaxKernel<<<dim3(static_cast<unsigned>(p.n), static_cast<unsigned>(p.heads)), kThreads, 0,
-                      stream>>>(impl_->workspace, p.global_pos, p.n, width, ng, p.start,
-                                p.local_first, p.n_local);
+                      stream>>>(impl_->workspace, p.global_pos, p.row_stats, p.n, width, ng,
+                                p.start, p.local_first, p.n_local);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   if (p.local_scores != nullptr && nl > 0) {
     const int64_t threads = nl * p.heads;
@@ -187,6 +200,68 @@ absl::Status MemoryAttentionGemm::Launch(const MemoryAttentionParams& p, Stream 
           ng > 0 ? &one : &zero, p.out + h0 * d, static_cast<int>(qd), d, static_cast<int>(group)));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status MemoryAttentionGemm::Scores(const MemoryAttentionParams& p, bool global,
+                                         Stream stream) {
+  const int64_t ng = global ? p.num_global : 0, nl = p.num_local, width = ng + nl;
+  const int64_t qd = p.q_dim(), kvd = p.kv_dim(), d = p.head_dim;
+  const int64_t group = p.heads / p.kv_heads;
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  if (width > kIntMax || p.n * width > kIntMax || qd > kIntMax) {
+    return absl::InvalidArgumentError(absl::StrCat("memory attention (gemm): chunk of ", p.n,
+                                                   " queries over ", width, " keys is too large"));
+  }
+  const size_t bytes = static_cast<size_t>(p.heads * p.n * width) * sizeof(float);
+  if (bytes > impl_->workspace_bytes) {
+    if (impl_->workspace != nullptr) {
+      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+      cudaFree(impl_->workspace);
+      impl_->workspace = nullptr;
+      impl_->workspace_bytes = 0;
+    }
+    void* ws = nullptr;
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&ws, bytes));
+    impl_->workspace = static_cast<float*>(ws);
+    impl_->workspace_bytes = bytes;
+  }
+  cublasHandle_t h = impl_->handle;
+  CUBLAS_RETURN_IF_ERROR(cublasSetStream(h, stream));
+  const int n = static_cast<int>(p.n), w = static_cast<int>(width);
+  const long long row_stride = static_cast<long long>(p.n) * width;  // One head's scores.
+  const float zero = 0.0f, scale = p.scale;
+  // Column-major view: S_h^T [width, n] = K [width, D] . q_h^T, per KV head over its group of
+  // query heads (K shared: stride 0).
+  for (int64_t g = 0; g < p.kv_heads; ++g) {
+    const int64_t h0 = g * group;
+    float* s0 = impl_->workspace + h0 * row_stride;
+    if (ng > 0) {
+      CUBLAS_RETURN_IF_ERROR(cublasSgemmStridedBatched(
+          h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(ng), n, static_cast<int>(d), &scale,
+          p.global_k + g * d, static_cast<int>(kvd), 0, p.q_global + h0 * d, static_cast<int>(qd),
+          d, &zero, s0, w, row_stride, static_cast<int>(group)));
+    }
+    if (nl > 0) {
+      CUBLAS_RETURN_IF_ERROR(cublasSgemmStridedBatched(
+          h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(nl), n, static_cast<int>(d), &scale,
+          p.local_k + g * d, static_cast<int>(kvd), 0, p.q_local + h0 * d, static_cast<int>(qd), d,
+          &zero, s0 + ng, w, row_stride, static_cast<int>(group)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MemoryAttentionGemm::LaunchLocalScores(const MemoryAttentionParams& p, Stream stream) {
+  RETURN_IF_ERROR(p.ValidateLocalScores());
+  if (p.n == 0 || p.num_local == 0) return absl::OkStatus();
+  RETURN_IF_ERROR(Scores(p, /*global=*/false, stream));
+  const int64_t threads = p.num_local * p.heads;
+  LocalScoresFromStatsKernel<<<static_cast<unsigned>((threads + kThreads - 1) / kThreads), kThreads,
+                               0, stream>>>(impl_->workspace, p.row_stats, p.local_scores, p.n,
+                                            p.num_local, p.heads, p.start, p.local_first,
+                                            p.n_local);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
 

@@ -38,7 +38,12 @@ class MemoryAttentionGemm {
   // the workspace (a larger chunk than before) allocates, which waits for the device.
   // Errors: INVALID_ARGUMENT (Validate); RESOURCE_EXHAUSTED when the workspace cannot grow;
   // UNAVAILABLE on a sticky device error; INTERNAL otherwise.
+  // Writes p.row_stats when set (split attention, cuda/memory_attention.h).
   absl::Status Launch(const MemoryAttentionParams& p, Stream stream);
+
+  // The SGEMM twin of LaunchMemoryAttentionLocalScores (the local keys' scores by SGEMM into
+  // the workspace, then one kernel); the same contract and errors as Launch.
+  absl::Status LaunchLocalScores(const MemoryAttentionParams& p, Stream stream);
 
   // Bytes of the score workspace for `p`.
   static size_t WorkspaceBytes(const MemoryAttentionParams& p);
@@ -46,6 +51,10 @@ class MemoryAttentionGemm {
  private:
   struct Impl;
   explicit MemoryAttentionGemm(std::unique_ptr<Impl> impl);
+  // Scores into the workspace (grown as needed): [heads, n, width] with each row [global keys |
+  // local keys] when `global`, else [local keys] alone. Validated p; INVALID_ARGUMENT when a
+  // dimension exceeds cuBLAS's int.
+  absl::Status Scores(const MemoryAttentionParams& p, bool global, Stream stream);
   std::unique_ptr<Impl> impl_;
 };
 

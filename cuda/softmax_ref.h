@@ -35,9 +35,15 @@ inline float FastExp(float x) {
   return x > 88.7f ? std::numeric_limits<float>::infinity() : low;
 }
 
-// In place: row[j] = exp(row[j] - max) / sum over j < n. Entries at -inf become 0.
-// REQUIRES: at least one entry is finite.
-inline void SoftmaxRow(float* row, int64_t n) {
+// A softmax row's max and sum of exp(x - max) (the row statistics of memory_attention.h).
+struct SoftmaxStats {
+  float max = -std::numeric_limits<float>::infinity();
+  float sum = 0.0f;
+};
+
+// In place: row[j] = exp(row[j] - max) / sum over j < n. Entries at -inf become 0. Returns the
+// max and the sum. REQUIRES: at least one entry is finite.
+inline SoftmaxStats SoftmaxRow(float* row, int64_t n) {
   float mx = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : mx)
   for (int64_t j = 0; j < n; ++j) mx = row[j] > mx ? row[j] : mx;
@@ -50,6 +56,7 @@ inline void SoftmaxRow(float* row, int64_t n) {
   const float inv = 1.0f / sum;
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+  return {mx, sum};
 }
 
 }  // namespace qllm::cuda

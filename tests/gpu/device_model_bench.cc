@@ -13,7 +13,9 @@
 // --tiered keeps the blocks in host memory (worker::InMemoryBlockStorage) with the paper's
 // max_cached_block = 32 per layer on the device (the tiered mode of
 // cuda/layer_memory_engine.h): the cost of the host tier, and the configuration for documents
-// whose blocks do not fit the device.
+// whose blocks do not fit the device. It then runs the first length's prefill again with the
+// loads not overlapped (DeviceModel::SetOverlapLoads(false): the host waits for each layer's
+// selection and loads before any attention) and prints the overlap's speedup, side by side.
 //
 //   device_model_bench [--layers=N] [--lengths=32768,131072] [--decode=N] [--tiered]
 #include <cuda_runtime.h>
@@ -194,6 +196,23 @@ absl::Status Run(const Args& args) {
                           absl::StrFormat("decode at %lldK", static_cast<long long>(len / 1024)),
                           mean, sorted[sorted.size() / 2], args.decode));
     }
+  }
+  if (args.tiered && !args.lengths.empty()) {
+    const int64_t len = args.lengths.front();
+    std::vector<double> secs;
+    for (bool overlap : {false, true}) {
+      dm->SetOverlapLoads(overlap);
+      t0 = std::chrono::steady_clock::now();
+      RETURN_IF_ERROR(
+          dm->Forward(ids.data(), static_cast<int>(len), 0, logits.data(), {.last_only = true}));
+      secs.push_back(Seconds(t0));
+      std::printf("prefill %lld tokens, loads %s: %.2f s\n", static_cast<long long>(len),
+                  overlap ? "overlapped" : "not overlapped", secs.back());
+    }
+    table.push_back(absl::StrFormat(
+        "  %-34s %10.2f x      (%.2f s not overlapped, %.2f s overlapped)",
+        absl::StrFormat("overlap speedup, prefill %lldK", static_cast<long long>(len / 1024)),
+        secs[0] / secs[1], secs[0], secs[1]));
   }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);

@@ -1,8 +1,10 @@
 // LaunchMemoryAttention and the SGEMM path MemoryAttentionGemm (cuda/memory_attention_gemm.h)
 // against their CPU twin MemoryAttentionRef over a sweep of shapes (head
 // dims incl. an odd 40, decode and chunks, windows up to 512 keys, up to 1000 global keys
-// with some pending-global positions), outputs and accumulated local scores, plus the
-// determinism of the local-score pass and the launcher's validation.
+// with some pending-global positions), outputs and accumulated local scores, the split
+// attention of the tiered memory (two parts, LaunchMergeAttention, the local scores from the
+// merged statistics) on both paths, plus the determinism of the local-score pass and the
+// launcher's validation.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -100,9 +102,11 @@ class MemoryAttentionGpuTest : public ::testing::Test {
 
   // Runs the device op on `pr`; returns out and the accumulated local scores.
   // The scalar kernel (LaunchMemoryAttention), or with `gemm` the SGEMM path
-  // (cuda/memory_attention_gemm.h).
+  // (cuda/memory_attention_gemm.h). With `cut` >= 0, as a split attention
+  // (cuda/memory_attention.h): part A the local keys and global keys [0, cut), part B the
+  // rest, merged (LaunchMergeAttention), then the local scores from the merged statistics.
   void Device(const Problem& pr, std::vector<float>* out, std::vector<float>* scores,
-              bool gemm = false) {
+              bool gemm = false, int64_t cut = -1) {
     auto upload = [&](const auto& host) {
       using T = typename std::decay_t<decltype(host)>::value_type;
       absl::StatusOr<DeviceBuffer<T>> buf = DeviceBuffer<T>::Create(host.size());
@@ -131,13 +135,47 @@ class MemoryAttentionGpuTest : public ::testing::Test {
     p.global_pos = d_pos.data();
     const size_t ws_bytes = MemoryAttentionWorkspaceBytes(p);
     ASSERT_OK_AND_ASSIGN(auto d_ws, DeviceBuffer<char>::Create(ws_bytes));
-    if (gemm) {
-      ASSERT_OK_AND_ASSIGN(std::unique_ptr<MemoryAttentionGemm> g, MemoryAttentionGemm::Create());
-      ASSERT_OK(g->Launch(p, stream_.get()));
-      ASSERT_OK(stream_.Synchronize());  // Before g (and its workspace) goes away.
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<MemoryAttentionGemm> g, MemoryAttentionGemm::Create());
+    auto attend = [&](const MemoryAttentionParams& q) {
+      return gemm ? g->Launch(q, stream_.get())
+                  : LaunchMemoryAttention(q, d_ws.data(), ws_bytes, stream_.get());
+    };
+    if (cut < 0) {
+      ASSERT_OK(attend(p));
     } else {
-      ASSERT_OK(LaunchMemoryAttention(p, d_ws.data(), ws_bytes, stream_.get()));
+      const int64_t rows = pr.s.n * pr.s.heads;
+      ASSERT_OK_AND_ASSIGN(auto d_stats, DeviceBuffer<float>::Create(2 * rows));
+      ASSERT_OK_AND_ASSIGN(auto d_stats_b, DeviceBuffer<float>::Create(2 * rows));
+      ASSERT_OK_AND_ASSIGN(auto d_out_b, DeviceBuffer<float>::Create(pr.q_local.size()));
+      MemoryAttentionParams a = p;
+      a.local_scores = nullptr;
+      a.num_global = cut;
+      a.row_stats = d_stats.data();
+      ASSERT_OK(attend(a));
+      MemoryAttentionParams b = a;
+      b.local_k = b.local_v = nullptr;
+      b.num_local = 0;
+      b.global_k += cut * pr.s.kv_heads * pr.s.head_dim;
+      b.global_v += cut * pr.s.kv_heads * pr.s.head_dim;
+      b.global_pos += cut;
+      b.num_global = pr.s.num_global - cut;
+      b.out = d_out_b.data();
+      b.row_stats = d_stats_b.data();
+      ASSERT_OK(attend(b));
+      ASSERT_OK(LaunchMergeAttention({.out = a.out,
+                                      .stats = a.row_stats,
+                                      .out_b = b.out,
+                                      .stats_b = b.row_stats,
+                                      .n = pr.s.n,
+                                      .heads = pr.s.heads,
+                                      .head_dim = pr.s.head_dim},
+                                     stream_.get()));
+      a.local_scores = d_scores.data();
+      ASSERT_OK(gemm ? g->LaunchLocalScores(a, stream_.get())
+                     : LaunchMemoryAttentionLocalScores(a, stream_.get()));
+      ASSERT_OK(stream_.Synchronize());  // Before the statistics go away.
     }
+    ASSERT_OK(stream_.Synchronize());  // Before g (and its workspace) goes away.
     ASSERT_OK_AND_ASSIGN(*out, d_out.ToHost(stream_.get()));
     ASSERT_OK_AND_ASSIGN(*scores, d_scores.ToHost(stream_.get()));
   }
@@ -171,6 +209,30 @@ TEST_P(MemoryAttentionPathTest, MatchesRefOverShapes) {
         std::vector<float> want_out, want_scores, out, scores;
         ASSERT_NO_FATAL_FAILURE(Ref(pr, &want_out, &want_scores));
         ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores, GetParam()));
+        EXPECT_TRUE(AllClose(want_out, out, 1e-5, 1e-4));
+        EXPECT_TRUE(AllClose(want_scores, scores, 1e-5, 1e-4));
+      }
+    }
+  }
+}
+
+// The tiered memory's split attention: parts merged on the device give the joint attention.
+TEST_P(MemoryAttentionPathTest, SplitAttentionMatchesTheJointRef) {
+  uint32_t seed = 500;
+  for (int64_t n : {1, 7, 64}) {
+    const Shape shapes[] = {
+        {n, 512, 1000, 256, 6, 2, 128, 200},  // Pending-global keys in part A.
+        {n, 37, 9, 16, 8, 8, 40, 9},          // Odd sizes, every global key far.
+        {n, 200, 333, 512, 32, 8, 128, 0},    // Llama-3 heads.
+    };
+    for (const Shape& s : shapes) {
+      for (int64_t cut : {int64_t{0}, s.num_global / 3, s.num_global}) {
+        SCOPED_TRACE(absl::StrCat("n ", n, " L ", s.num_local, " Ng ", s.num_global, " cut ", cut,
+                                  " H ", s.heads, " D ", s.head_dim));
+        const Problem pr = MakeProblem(s, seed++);
+        std::vector<float> want_out, want_scores, out, scores;
+        ASSERT_NO_FATAL_FAILURE(Ref(pr, &want_out, &want_scores));
+        ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores, GetParam(), cut));
         EXPECT_TRUE(AllClose(want_out, out, 1e-5, 1e-4));
         EXPECT_TRUE(AllClose(want_scores, scores, 1e-5, 1e-4));
       }
@@ -230,9 +292,22 @@ TEST(MemoryAttentionValidation, RejectsInvalidParamsAndSkipsEmptyChunks) {
   EXPECT_THAT(LaunchMemoryAttention(p, &y, 8, nullptr),
               StatusIs(absl::StatusCode::kInvalidArgument));
   p.kv_heads = 1;
+  // Split attention: the local scores need the joint statistics, the merge a full set.
+  MemoryAttentionParams local = p;
+  local.local_k = local.local_v = &x;
+  local.num_local = 1;
+  local.local_scores = &y;
+  EXPECT_THAT(LaunchMemoryAttentionLocalScores(local, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      LaunchMergeAttention({.out = &y, .stats = &y, .n = 1, .heads = 1, .head_dim = 1}, nullptr),
+      StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_OK(LaunchMergeAttention({.n = 0, .heads = 1, .head_dim = 1}, nullptr));
   p.n = 0;
   EXPECT_EQ(MemoryAttentionWorkspaceBytes(p), 0u);
   EXPECT_OK(LaunchMemoryAttention(p, nullptr, 0, nullptr));
+  local.n = 0;
+  EXPECT_OK(LaunchMemoryAttentionLocalScores(local, nullptr));
 }
 
 }  // namespace

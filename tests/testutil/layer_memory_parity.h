@@ -77,11 +77,14 @@ struct MemoryCase {
   // The engine's tiered mode: blocks in an InMemoryBlockStorage, a cache of 4 blocks (topk 3,
   // so most chunks miss and evict).
   bool tiered = false;
+  // Tiered: LayerMemoryEngineOptions::overlap_loads (the split attention, or one joint call).
+  bool overlap = true;
 };
 
 inline void PrintTo(const MemoryCase& c, std::ostream* os) { *os << c.name; }
 
-// qllm with an early and a late question, infllm, streaming.
+// qllm with an early and a late question, infllm, both tiered (qllm also without the overlap),
+// streaming.
 inline std::vector<MemoryCase> ParityCases() {
   return {
       MemoryCase{.name = "QllmEarlyQuestion", .question = worker::QuestionSpan{2, 9}},
@@ -91,6 +94,10 @@ inline std::vector<MemoryCase> ParityCases() {
       MemoryCase{.name = "Infllm", .mode = worker::AttentionMode::kInfLlm},
       MemoryCase{.name = "QllmTiered", .question = worker::QuestionSpan{2, 9}, .tiered = true},
       MemoryCase{.name = "InfllmTiered", .mode = worker::AttentionMode::kInfLlm, .tiered = true},
+      MemoryCase{.name = "QllmTieredNoOverlap",
+                 .question = worker::QuestionSpan{2, 9},
+                 .tiered = true,
+                 .overlap = false},
       MemoryCase{.name = "Streaming", .mode = worker::AttentionMode::kStreaming}};
 }
 
@@ -141,6 +148,7 @@ void ExpectMatchesLayerMemory(const MemoryCase& c, Io* io, double tolerance) {
   if (c.tiered) {
     options.storage = &tier;
     options.session = 9;
+    options.overlap_loads = c.overlap;
   }
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> eng,
                        Engine::Create(config, kParityShape, 1, c.question, c.late_question,

@@ -173,10 +173,10 @@ void CheckAgainstFormula(const Shape& s, uint32_t seed) {
   ExpectNear(want.local_scores, scores, 0.5);
 }
 
-TEST(MemoryAttentionRef, MatchesFormulaWithGqaDecodeAndChunks) {
-  // Pending tokens from position 200 form the local window; the first ones also act as global
-  // keys for queries at least n_local past them (the engine's far_pending_global).
-  const Shape shapes[] = {
+// Pending tokens from position 200 form the local window; the first ones also act as global
+// keys for queries at least n_local past them (the engine's far_pending_global).
+std::vector<Shape> GqaShapes() {
+  return {
       // Decode: one query at the end of the window.
       {.n = 1,
        .start = 263,
@@ -235,8 +235,133 @@ TEST(MemoryAttentionRef, MatchesFormulaWithGqaDecodeAndChunks) {
        .num_far = 25,
        .far_lo = 64},
   };
+}
+
+// Two queries, GQA, a few keys of each kind: for the validation tests.
+Problem SmallProblem(uint32_t seed) {
+  return MakeProblem({.n = 2,
+                      .start = 4,
+                      .num_local = 6,
+                      .local_first = 0,
+                      .num_global = 3,
+                      .n_local = 4,
+                      .heads = 6,
+                      .kv_heads = 2,
+                      .head_dim = 8},
+                     seed);
+}
+
+TEST(MemoryAttentionRef, MatchesFormulaWithGqaDecodeAndChunks) {
   uint32_t seed = 1;
-  for (const Shape& s : shapes) CheckAgainstFormula(s, seed++);
+  for (const Shape& s : GqaShapes()) CheckAgainstFormula(s, seed++);
+}
+
+// Split attention (memory_attention.h): part A = the local keys and global keys [0, cut),
+// part B = global keys [cut, num_global); merged, then the local scores from the merged
+// statistics. Must give the formula's output and local scores, and the joint call's row
+// statistics.
+void CheckSplit(const Shape& s, int64_t cut, uint32_t seed) {
+  SCOPED_TRACE(absl::StrCat("n ", s.n, " L ", s.num_local, " Ng ", s.num_global, " cut ", cut));
+  const Problem pr = MakeProblem(s, seed);
+  const int64_t out_size = s.n * s.heads * s.head_dim, rows = s.n * s.heads;
+  std::vector<float> joint_out(out_size), joint_stats(2 * rows);
+  MemoryAttentionParams joint = pr.Params(joint_out.data(), nullptr);
+  joint.row_stats = joint_stats.data();
+  ASSERT_OK(MemoryAttentionRef(joint));
+
+  std::vector<float> out(out_size), stats(2 * rows), out_b(out_size), stats_b(2 * rows);
+  MemoryAttentionParams a = pr.Params(out.data(), nullptr);
+  a.num_global = cut;
+  a.row_stats = stats.data();
+  ASSERT_OK(MemoryAttentionRef(a));
+  MemoryAttentionParams b = pr.Params(out_b.data(), nullptr);
+  b.local_k = b.local_v = nullptr;
+  b.num_local = 0;
+  b.global_k += cut * s.kv_heads * s.head_dim;
+  b.global_v += cut * s.kv_heads * s.head_dim;
+  if (b.global_pos != nullptr) b.global_pos += cut;
+  b.num_global = s.num_global - cut;
+  b.row_stats = stats_b.data();
+  ASSERT_OK(MemoryAttentionRef(b));
+  ASSERT_OK(MergeAttentionRef({.out = out.data(),
+                               .stats = stats.data(),
+                               .out_b = out_b.data(),
+                               .stats_b = stats_b.data(),
+                               .n = s.n,
+                               .heads = s.heads,
+                               .head_dim = s.head_dim}));
+  std::vector<float> scores(s.num_local * s.heads, 0.5f);
+  a.local_scores = scores.data();
+  ASSERT_OK(MemoryAttentionLocalScoresRef(a));
+
+  const Result want = Expected(pr);
+  ExpectNear(want.out, out);
+  ExpectNear(want.local_scores, scores, 0.5);
+  for (int64_t r = 0; r < rows; ++r) {
+    SCOPED_TRACE(absl::StrCat("row ", r));
+    // The same scores up to SGEMM blocking (-inf and 0 exactly for a row that sees nothing).
+    if (std::isinf(joint_stats[r])) {
+      EXPECT_EQ(stats[r], joint_stats[r]);
+      EXPECT_EQ(stats[rows + r], 0.0f);
+    } else {
+      EXPECT_NEAR(stats[r], joint_stats[r], 1e-5 * (1.0 + std::abs(joint_stats[r])));
+    }
+    EXPECT_NEAR(stats[rows + r], joint_stats[rows + r], 1e-5 * joint_stats[rows + r]);
+  }
+}
+
+TEST(MemoryAttentionRef, SplitAttentionMergesToTheJointSoftmax) {
+  std::vector<Shape> shapes = GqaShapes();
+  // Queries 0 and 1 see no key at all (the local keys are ahead of them, the global ones too
+  // recent), query 2 one local key: rows empty in one part or in both.
+  shapes.push_back({.n = 3,
+                    .start = 10,
+                    .num_local = 2,
+                    .local_first = 12,
+                    .num_global = 6,
+                    .n_local = 4,
+                    .heads = 2,
+                    .kv_heads = 1,
+                    .head_dim = 8,
+                    .num_far = 6,
+                    .far_lo = 8});
+  uint32_t seed = 100;
+  for (const Shape& s : shapes) {
+    for (int64_t cut : {int64_t{0}, s.num_global / 2, s.num_global}) CheckSplit(s, cut, seed++);
+  }
+}
+
+TEST(MemoryAttentionRef, SplitAttentionOpsRejectInvalidParams) {
+  const Problem pr = SmallProblem(72);
+  std::vector<float> out(2 * 6 * 8), stats(2 * 2 * 6), scores(6 * 6);
+  MemoryAttentionParams p = pr.Params(out.data(), scores.data());
+  p.row_stats = stats.data();
+  EXPECT_OK(MemoryAttentionLocalScoresRef(p));
+  p.row_stats = nullptr;  // The joint statistics are the input.
+  EXPECT_THAT(MemoryAttentionLocalScoresRef(p), StatusIs(absl::StatusCode::kInvalidArgument));
+  p.row_stats = stats.data();
+  p.local_scores = nullptr;
+  EXPECT_THAT(MemoryAttentionLocalScoresRef(p), StatusIs(absl::StatusCode::kInvalidArgument));
+  p.num_local = 0;  // Nothing to score: nothing required.
+  p.local_k = p.local_v = nullptr;
+  EXPECT_OK(MemoryAttentionLocalScoresRef(p));
+
+  MergeAttentionParams m{.out = out.data(),
+                         .stats = stats.data(),
+                         .out_b = out.data(),
+                         .stats_b = stats.data(),
+                         .n = 2,
+                         .heads = 6,
+                         .head_dim = 8};
+  EXPECT_OK(m.Validate());
+  MergeAttentionParams bad = m;
+  bad.heads = 0;
+  EXPECT_THAT(MergeAttentionRef(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  bad = m;
+  bad.stats_b = nullptr;
+  EXPECT_THAT(MergeAttentionRef(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  bad.n = 0;  // No rows: no pointers needed.
+  EXPECT_OK(MergeAttentionRef(bad));
 }
 
 TEST(MemoryAttentionRef, EmptyGlobalSetIsCausalWindowAttention) {
@@ -383,16 +508,7 @@ TEST(MemoryAttentionRef, NullLocalScoresComputesOutputOnly) {
 }
 
 TEST(MemoryAttentionRef, RejectsInvalidParams) {
-  const Problem pr = MakeProblem({.n = 2,
-                                  .start = 4,
-                                  .num_local = 6,
-                                  .local_first = 0,
-                                  .num_global = 3,
-                                  .n_local = 4,
-                                  .heads = 6,
-                                  .kv_heads = 2,
-                                  .head_dim = 8},
-                                 71);
+  const Problem pr = SmallProblem(71);
   std::vector<float> out(2 * 6 * 8);
   const MemoryAttentionParams good = pr.Params(out.data(), nullptr);
   EXPECT_OK(good.Validate());
