@@ -294,7 +294,8 @@ struct LayerMemoryEngine<Backend>::Buffers {
   // Tiered mode: the fast tier, the slots of the selected blocks, and host staging for a cut
   // block's K and V.
   std::unique_ptr<typename Backend::BlockCache> cache;
-  Buffer<int32_t> slot_ids;  // [topk]
+  Buffer<int32_t> slot_ids;     // [topk]
+  HostBuffer<int32_t> h_slots;  // [topk] their host staging (pinned: the upload stays async)
   std::vector<float> h_block;
   int64_t bytes = 0;
 };
@@ -414,6 +415,7 @@ absl::StatusOr<std::unique_ptr<LayerMemoryEngine<Backend>>> LayerMemoryEngine<Ba
     RETURN_IF_ERROR(m->CreateCache());
     Buffers& b = *m->buf_;
     RETURN_IF_ERROR(Alloc(&b.slot_ids, m->topk_, &b.bytes));
+    ASSIGN_OR_RETURN(b.h_slots, HostBuffer<int32_t>::Create(m->topk_));
     RETURN_IF_ERROR(Alloc(&b.stats, 2 * exc * m->heads_, &b.bytes));
     RETURN_IF_ERROR(Alloc(&b.stats_b, 2 * exc * m->heads_, &b.bytes));
     RETURN_IF_ERROR(Alloc(&b.out_b, exc * qd, &b.bytes));
@@ -645,7 +647,11 @@ absl::Status LayerMemoryEngine<Backend>::LoadSelected(int64_t sel, int64_t first
   }
   StorageBlockLoader loader(options_.storage);
   ASSIGN_OR_RETURN(const std::vector<int32_t> slots, b.cache->Ensure(keys, &loader, stream_));
-  RETURN_IF_ERROR(b.slot_ids.Upload(slots.data(), slots.size(), stream_));
+  // From pinned memory: a pageable source may make the copy wait for the stream, i.e. for part
+  // A of the attention. The previous chunk's upload from h_slots is done: selection_ready
+  // came after it on the stream.
+  std::copy(slots.begin(), slots.end(), b.h_slots.data());
+  RETURN_IF_ERROR(b.slot_ids.Upload(b.h_slots.data(), slots.size(), stream_));
   GatherBlocksParams g;
   g.ids = b.slot_ids.data();
   g.pool_k = b.cache->d_k(0);

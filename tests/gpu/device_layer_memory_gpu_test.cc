@@ -1,8 +1,9 @@
 // DeviceLayerMemory (cuda/device_layer_memory.h) against the engine's CPU context memory
 // worker::LayerMemory: the checks of tests/testutil/layer_memory_parity.h (random projections
-// in chunks of varied sizes; qllm with an early and a late question, infllm, streaming) on the
-// device. Both sides compute in fp32; the device sums in other orders and uses expf, so the
-// bound is 1e-4 where a wrong position, head or block moves outputs by O(1).
+// in chunks of varied sizes; qllm with an early and a late question, infllm, both tiered with
+// the split attention around the loads, qllm tiered without it, streaming) on the device. Both
+// sides compute in fp32; the device sums in other orders and uses expf, so the bound is 1e-4 where
+// a wrong position, head or block moves outputs by O(1).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 

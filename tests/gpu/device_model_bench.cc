@@ -13,9 +13,10 @@
 // --tiered keeps the blocks in host memory (worker::InMemoryBlockStorage) with the paper's
 // max_cached_block = 32 per layer on the device (the tiered mode of
 // cuda/layer_memory_engine.h): the cost of the host tier, and the configuration for documents
-// whose blocks do not fit the device. It then runs the first length's prefill again with the
-// loads not overlapped (DeviceModel::SetOverlapLoads(false): the host waits for each layer's
-// selection and loads before any attention) and prints the overlap's speedup, side by side.
+// whose blocks do not fit the device. It then runs the first length's prefill four more times,
+// alternating the loads not overlapped (DeviceModel::SetOverlapLoads(false): the host waits
+// for each layer's selection and loads before any attention) and overlapped, and prints the
+// overlap's speedup (best of two each).
 //
 //   device_model_bench [--layers=N] [--lengths=32768,131072] [--decode=N] [--tiered]
 #include <cuda_runtime.h>
@@ -198,21 +199,24 @@ absl::Status Run(const Args& args) {
     }
   }
   if (args.tiered && !args.lengths.empty()) {
+    // Alternating, twice each, the best of each kept: neither order profits from going first.
     const int64_t len = args.lengths.front();
-    std::vector<double> secs;
-    for (bool overlap : {false, true}) {
+    double best[2] = {1e30, 1e30};  // [not overlapped, overlapped]
+    for (bool overlap : {false, true, false, true}) {
       dm->SetOverlapLoads(overlap);
       t0 = std::chrono::steady_clock::now();
       RETURN_IF_ERROR(
           dm->Forward(ids.data(), static_cast<int>(len), 0, logits.data(), {.last_only = true}));
-      secs.push_back(Seconds(t0));
+      const double s = Seconds(t0);
+      best[overlap] = std::min(best[overlap], s);
       std::printf("prefill %lld tokens, loads %s: %.2f s\n", static_cast<long long>(len),
-                  overlap ? "overlapped" : "not overlapped", secs.back());
+                  overlap ? "overlapped" : "not overlapped", s);
     }
+    dm->SetOverlapLoads(true);
     table.push_back(absl::StrFormat(
         "  %-34s %10.2f x      (%.2f s not overlapped, %.2f s overlapped)",
         absl::StrFormat("overlap speedup, prefill %lldK", static_cast<long long>(len / 1024)),
-        secs[0] / secs[1], secs[0], secs[1]));
+        best[0] / best[1], best[0], best[1]));
   }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);

@@ -104,9 +104,10 @@ class MemoryAttentionGpuTest : public ::testing::Test {
   // The scalar kernel (LaunchMemoryAttention), or with `gemm` the SGEMM path
   // (cuda/memory_attention_gemm.h). With `cut` >= 0, as a split attention
   // (cuda/memory_attention.h): part A the local keys and global keys [0, cut), part B the
-  // rest, merged (LaunchMergeAttention), then the local scores from the merged statistics.
+  // rest, merged (LaunchMergeAttention), then the local scores from the merged statistics;
+  // `stats`, when set, receives the merged row statistics.
   void Device(const Problem& pr, std::vector<float>* out, std::vector<float>* scores,
-              bool gemm = false, int64_t cut = -1) {
+              bool gemm = false, int64_t cut = -1, std::vector<float>* stats = nullptr) {
     auto upload = [&](const auto& host) {
       using T = typename std::decay_t<decltype(host)>::value_type;
       absl::StatusOr<DeviceBuffer<T>> buf = DeviceBuffer<T>::Create(host.size());
@@ -173,6 +174,9 @@ class MemoryAttentionGpuTest : public ::testing::Test {
       a.local_scores = d_scores.data();
       ASSERT_OK(gemm ? g->LaunchLocalScores(a, stream_.get())
                      : LaunchMemoryAttentionLocalScores(a, stream_.get()));
+      if (stats != nullptr) {
+        ASSERT_OK_AND_ASSIGN(*stats, d_stats.ToHost(stream_.get()));
+      }
       ASSERT_OK(stream_.Synchronize());  // Before the statistics go away.
     }
     ASSERT_OK(stream_.Synchronize());  // Before g (and its workspace) goes away.
@@ -183,10 +187,17 @@ class MemoryAttentionGpuTest : public ::testing::Test {
   CudaStream stream_;
 };
 
-void Ref(const Problem& pr, std::vector<float>* out, std::vector<float>* scores) {
+// `stats`, when set, receives the row statistics.
+void Ref(const Problem& pr, std::vector<float>* out, std::vector<float>* scores,
+         std::vector<float>* stats = nullptr) {
   out->assign(pr.q_local.size(), 0.0f);
   *scores = pr.scores;
-  ASSERT_OK(MemoryAttentionRef(pr.Host(out->data(), scores->data())));
+  MemoryAttentionParams p = pr.Host(out->data(), scores->data());
+  if (stats != nullptr) {
+    stats->assign(2 * pr.s.n * pr.s.heads, 0.0f);
+    p.row_stats = stats->data();
+  }
+  ASSERT_OK(MemoryAttentionRef(p));
 }
 
 class MemoryAttentionPathTest : public MemoryAttentionGpuTest,
@@ -224,17 +235,19 @@ TEST_P(MemoryAttentionPathTest, SplitAttentionMatchesTheJointRef) {
         {n, 512, 1000, 256, 6, 2, 128, 200},  // Pending-global keys in part A.
         {n, 37, 9, 16, 8, 8, 40, 9},          // Odd sizes, every global key far.
         {n, 200, 333, 512, 32, 8, 128, 0},    // Llama-3 heads.
+        {n, 64, 100, 32, 4, 2, 256, 10},      // The largest head_dim.
     };
     for (const Shape& s : shapes) {
       for (int64_t cut : {int64_t{0}, s.num_global / 3, s.num_global}) {
         SCOPED_TRACE(absl::StrCat("n ", n, " L ", s.num_local, " Ng ", s.num_global, " cut ", cut,
                                   " H ", s.heads, " D ", s.head_dim));
         const Problem pr = MakeProblem(s, seed++);
-        std::vector<float> want_out, want_scores, out, scores;
-        ASSERT_NO_FATAL_FAILURE(Ref(pr, &want_out, &want_scores));
-        ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores, GetParam(), cut));
+        std::vector<float> want_out, want_scores, want_stats, out, scores, stats;
+        ASSERT_NO_FATAL_FAILURE(Ref(pr, &want_out, &want_scores, &want_stats));
+        ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores, GetParam(), cut, &stats));
         EXPECT_TRUE(AllClose(want_out, out, 1e-5, 1e-4));
         EXPECT_TRUE(AllClose(want_scores, scores, 1e-5, 1e-4));
+        EXPECT_TRUE(AllClose(want_stats, stats, 1e-5, 1e-4));  // Every row sees a key.
       }
     }
   }
@@ -249,11 +262,21 @@ TEST_F(MemoryAttentionGpuTest, QueriesWithoutVisibleKeysGetZero) {
   // The window lies after the queries and no global key is old enough.
   Problem pr = MakeProblem({4, 16, 5, 8, 6, 2, 64, 5}, 99);
   pr.start = pr.local_first - 10;
-  std::vector<float> out, scores;
+  std::vector<float> out, scores, stats;
+  const int64_t rows = 4 * 6;
   for (bool gemm : {false, true}) {
-    ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores, gemm));
-    EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](float x) { return x == 0.0f; }));
-    EXPECT_EQ(scores, pr.scores);
+    // Joint, then split with the global keys in part A, in part B, or in both.
+    for (int64_t cut : {int64_t{-1}, int64_t{0}, int64_t{2}, int64_t{5}}) {
+      SCOPED_TRACE(absl::StrCat(gemm ? "gemm" : "scalar", " cut ", cut));
+      ASSERT_NO_FATAL_FAILURE(Device(pr, &out, &scores, gemm, cut, &stats));
+      EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](float x) { return x == 0.0f; }));
+      EXPECT_EQ(scores, pr.scores);
+      if (cut < 0) continue;
+      for (int64_t r = 0; r < rows; ++r) {  // Merged statistics of empty rows: -inf and 0.
+        EXPECT_TRUE(std::isinf(stats[r]) && stats[r] < 0) << "row " << r << ": " << stats[r];
+        EXPECT_EQ(stats[rows + r], 0.0f) << "row " << r;
+      }
+    }
   }
 }
 

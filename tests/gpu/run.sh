@@ -145,7 +145,7 @@ if [[ $RUN_MODEL_BENCH -eq 1 ]]; then
   if [[ $model_bench_status == ok && -n $TIERED_BENCH_ARGS ]]; then
     section "end-to-end device benchmark, host tier (device_model_bench $TIERED_BENCH_ARGS)"
     # shellcheck disable=SC2086
-    tiered_status=$(run_step model_bench_tiered 240 'Device model benchmark:' \
+    tiered_status=$(run_step model_bench_tiered 260 'Device model benchmark:' \
       "$BUILD_DIR/tests/gpu/device_model_bench" $TIERED_BENCH_ARGS)
     [[ $tiered_status == ok ]] || model_bench_status="ok; host-tier run $tiered_status"
   fi
