@@ -29,12 +29,14 @@
 //   - Session options beyond the CPU engine's checks: exc_block_size <= max_chunk, and (the
 //     tiered DeviceLayerMemory) max_cached_block >= topk; block_size and question spans are
 //     bounded by the kernels (UNIMPLEMENTED above kTopMeanMaxRows, cuda/memory_ops.h).
-//   - Device memory per memory-mode session and layer, allocated when the session opens:
-//     max_blocks representative vectors (max_blocks * q_dim floats) plus the block cache
-//     (max_cached_block blocks of K and V, and pinned staging). A session holds at most
-//     max_blocks * block_size tokens per layer (RESOURCE_EXHAUSTED beyond). E.g. Llama-3-8B
-//     (q_dim 4096, 32 layers) at the default 8192 blocks: 4 GiB per session for 512K tokens at
-//     block_size 64; the built-in model (q_dim 192, 4 layers, block_size 16): 24 MiB for 128K.
+//   - Device memory per memory-mode session and layer: the block cache (max_cached_block
+//     blocks of K and V, and pinned staging) and the working arrays, allocated when the session
+//     opens, plus one representative vector (q_dim floats) per block, in an array that doubles
+//     as the document grows (from 64 blocks). A session holds at most max_blocks * block_size
+//     tokens per layer (RESOURCE_EXHAUSTED beyond, or when the device runs out). E.g.
+//     Llama-3-8B (q_dim 4096, 32 layers): 0.5 MiB of vectors per 1K tokens at block_size 128
+//     (1 GiB at 2M tokens); the built-in model (q_dim 192, 4 layers, block_size 16): 48 MiB at
+//     1M tokens.
 //
 // CUDA builds only (QLLM_HAVE_CUDA); the header includes no CUDA headers.
 #ifndef QLLM_CUDA_DEVICE_SHARD_H_
@@ -58,10 +60,11 @@ struct CudaShardOptions {
   // activation buffers (the head's logits take max_chunk * vocab floats). Memory modes run
   // execution chunks of exc_block_size, which must not exceed it. Default: 512.
   int64_t max_chunk = 512;
-  // Memory modes: blocks per layer and session (their representative vectors stay on the
-  // device, heads * head_dim floats each, allocated when the session opens): a session holds
-  // at most max_blocks * block_size tokens. Default: 8192 (512K tokens at block_size 64).
-  int64_t max_blocks = 8192;
+  // Memory modes: most blocks per layer and session (their representative vectors stay on the
+  // device, heads * head_dim floats each, allocated as the document grows): a session holds at
+  // most max_blocks * block_size tokens. Default: 131072 (2M tokens at block_size 16, 16M at
+  // 128).
+  int64_t max_blocks = int64_t{1} << 17;
 };
 
 // Uploads `weights` to options.device and returns the backend.

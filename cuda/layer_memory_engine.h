@@ -105,9 +105,12 @@ class StorageBlockLoader final : public BlockLoader {
 
 struct LayerMemoryEngineOptions {
   // Blocks a layer may hold: their representative vectors (heads * head_dim floats each) are
-  // always in backend memory, and in pool mode their K and V too (2 * block_size * kv_dim
-  // floats each). Default: 1024.
+  // always in backend memory, in an array that starts with room for initial_repr_blocks and
+  // doubles as blocks are cut, up to max_blocks; in pool mode their K and V too (2 *
+  // block_size * kv_dim floats each, allocated for max_blocks up front). Defaults: 1024 and 64
+  // (initial_repr_blocks must be > 0).
   int64_t max_blocks = 1024;
+  int64_t initial_repr_blocks = 64;
   // Tiered mode when set (see the top of this file): where blocks are stored, under owner
   // `session`; must outlive the memory. The cache holds config.max_cached_block blocks, which
   // must be at least topk. Default: null (pool mode).
@@ -210,6 +213,11 @@ class LayerMemoryEngine : private worker::LayerMemoryDims {
 
   // Tiered mode: a fresh, empty block cache (its bytes are counted in Bytes()).
   absl::Status CreateCache();
+  // Room for `blocks` <= max_blocks representative vectors: the array is reallocated at
+  // max(blocks, twice its size), capped at max_blocks, and the vectors copied (waits for the
+  // stream); the top-k workspace grows with it. RESOURCE_EXHAUSTED when the backend is out of
+  // memory; the memory is unchanged on error.
+  absl::Status EnsureReprBlocks(int64_t blocks);
   absl::Status AppendPending(const float* qkv, int64_t stride, int64_t n, int64_t start);
   // The attention parameters every call of a chunk shares (queries, local keys, shape); the
   // global keys, local scores and row statistics are the caller's.
@@ -252,6 +260,7 @@ class LayerMemoryEngine : private worker::LayerMemoryDims {
   const LayerMemoryEngineOptions options_;
 
   const int64_t pending_rows_;  // Capacity of the pending arrays in rows.
+  int64_t repr_blocks_ = 0;     // Capacity of Buffers::reprs in blocks.
   const int64_t global_rows_;   // Capacity of the chunk's global keys in rows.
   const bool tiered_;           // Blocks in options_.storage, a cache in backend memory.
   bool overlap_loads_;          // Tiered: split attention around the loads.
@@ -271,7 +280,7 @@ struct LayerMemoryEngine<Backend>::Buffers {
   Buffer<float> pk, pkr, pv;         // [pending_rows, kv_dim]
   Buffer<float> ps;                  // [pending_rows, heads]
   Buffer<float> pool_k, pool_v;      // [max_blocks, block_size * kv_dim], pre-RoPE
-  Buffer<float> reprs;               // [max_blocks, q_dim]
+  Buffer<float> reprs;               // [repr_blocks_, q_dim], grown by EnsureReprBlocks
   Buffer<float> question_q;          // [question tokens, q_dim], pre-RoPE
   Buffer<float> question_rot;        // the same rotated at n_local - 1
   Buffer<float> question_vec;        // [q_dim]
@@ -280,7 +289,7 @@ struct LayerMemoryEngine<Backend>::Buffers {
   Buffer<int64_t> positions;         // RoPE positions of the op at hand
   Buffer<float> global_k, global_v;  // [global_rows, kv_dim]
   Buffer<int64_t> global_pos;        // [global_rows]
-  Buffer<uint8_t> topk_workspace;    // BlockTopKWorkspaceBytes(max_blocks)
+  Buffer<uint8_t> topk_workspace;    // BlockTopKWorkspaceBytes(repr_blocks_)
   Buffer<int32_t> ids;               // [topk] selected block ids, best first
   Buffer<float> scores;              // [topk] their scores
   HostBuffer<int32_t> h_ids;         // [topk] host copies for the record
@@ -347,10 +356,10 @@ absl::StatusOr<std::unique_ptr<LayerMemoryEngine<Backend>>> LayerMemoryEngine<Ba
     return absl::UnimplementedError(absl::StrCat("layer memory: head_dim ", shape.head_dim,
                                                  " above ", kMemoryAttentionMaxHeadDim));
   }
-  if (inv_freq == nullptr || options.max_blocks < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("layer memory: inv_freq is required and max_blocks (", options.max_blocks,
-                     ") must be >= 0"));
+  if (inv_freq == nullptr || options.max_blocks < 0 || options.initial_repr_blocks <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer memory: inv_freq is required, max_blocks (", options.max_blocks,
+        ") must be >= 0 and initial_repr_blocks (", options.initial_repr_blocks, ") > 0"));
   }
   if (question.has_value() && (question->begin < 0 || question->end <= question->begin)) {
     return absl::InvalidArgumentError(absl::StrCat("layer memory: question span [", question->begin,
@@ -383,7 +392,8 @@ absl::StatusOr<std::unique_ptr<LayerMemoryEngine<Backend>>> LayerMemoryEngine<Ba
   RETURN_IF_ERROR(Alloc(&buf->ps, pend * m->heads_, bytes));
   RETURN_IF_ERROR(Alloc(&buf->pool_k, pool_blocks * config.block_size * kvd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->pool_v, pool_blocks * config.block_size * kvd, bytes));
-  RETURN_IF_ERROR(Alloc(&buf->reprs, blocks * qd, bytes));
+  m->repr_blocks_ = std::min(blocks, options.initial_repr_blocks);
+  RETURN_IF_ERROR(Alloc(&buf->reprs, m->repr_blocks_ * qd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->question_q, nq * qd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->question_rot, nq * qd, bytes));
   RETURN_IF_ERROR(Alloc(&buf->question_vec, qd, bytes));
@@ -397,7 +407,7 @@ absl::StatusOr<std::unique_ptr<LayerMemoryEngine<Backend>>> LayerMemoryEngine<Ba
   RETURN_IF_ERROR(Alloc(&buf->global_pos, glob, bytes));
   if (m->topk_ > 0) {
     ASSIGN_OR_RETURN(const size_t ws,
-                     Backend::BlockTopKWorkspaceBytes(std::max<int64_t>(blocks, 1)));
+                     Backend::BlockTopKWorkspaceBytes(std::max<int64_t>(m->repr_blocks_, 1)));
     RETURN_IF_ERROR(Alloc(&buf->topk_workspace, static_cast<int64_t>(ws), bytes));
     RETURN_IF_ERROR(Alloc(&buf->ids, m->topk_, bytes));
     RETURN_IF_ERROR(Alloc(&buf->scores, m->topk_, bytes));
@@ -872,6 +882,38 @@ absl::Status LayerMemoryEngine<Backend>::ComputeQuestionVector() {
 }
 
 template <typename Backend>
+absl::Status LayerMemoryEngine<Backend>::EnsureReprBlocks(int64_t blocks) {
+  if (blocks <= repr_blocks_) return absl::OkStatus();
+  const int64_t grown = std::min(options_.max_blocks, std::max(blocks, 2 * repr_blocks_));
+  Buffers& b = *buf_;
+  auto failed = [&](const absl::Status& s) {
+    return absl::Status(s.code(), absl::StrCat("layer ", layer_, ": growing the memory to ", grown,
+                                               " blocks: ", s.message()));
+  };
+  absl::StatusOr<Buffer<float>> reprs = Buffer<float>::Create(static_cast<size_t>(grown * q_dim_));
+  if (!reprs.ok()) return failed(reprs.status());
+  absl::StatusOr<size_t> ws_bytes = Backend::BlockTopKWorkspaceBytes(grown);
+  if (!ws_bytes.ok()) return failed(ws_bytes.status());
+  absl::StatusOr<Buffer<uint8_t>> ws = Buffer<uint8_t>::Create(*ws_bytes);
+  if (!ws.ok()) return failed(ws.status());
+  RETURN_IF_ERROR(Backend::CopyRows({.src = b.reprs.data(),
+                                     .dst = reprs->data(),
+                                     .rows = num_blocks(),
+                                     .cols = q_dim_,
+                                     .src_stride = q_dim_,
+                                     .dst_stride = q_dim_},
+                                    stream_));
+  // The old array goes once the copy (and everything before it that reads it) has run.
+  RETURN_IF_ERROR(Backend::Synchronize(stream_));
+  b.bytes += (grown - repr_blocks_) * q_dim_ * static_cast<int64_t>(sizeof(float)) +
+             static_cast<int64_t>(ws->bytes()) - static_cast<int64_t>(b.topk_workspace.bytes());
+  b.reprs = std::move(*reprs);
+  b.topk_workspace = std::move(*ws);
+  repr_blocks_ = grown;
+  return absl::OkStatus();
+}
+
+template <typename Backend>
 absl::Status LayerMemoryEngine<Backend>::CutBlock() {
   const int64_t bs = config_.block_size;
   const int64_t id = num_blocks();
@@ -881,6 +923,8 @@ absl::Status LayerMemoryEngine<Backend>::CutBlock() {
           absl::StrCat("layer ", layer_, ": the memory holds at most ", options_.max_blocks,
                        " blocks of ", bs, " tokens; the document needs more (raise max_blocks)"));
     }
+    // Before anything changes: a failed allocation leaves the memory as it was.
+    RETURN_IF_ERROR(EnsureReprBlocks(id + 1));
     Buffers& b = *buf_;
     if (tiered_) {
       // To the storage: K and V of the block's rows (dense: pending rows are kv_dim apart).
@@ -1004,6 +1048,7 @@ absl::Status LayerMemoryEngine<Backend>::Load(std::string_view blob) {
         absl::StrCat("layer ", layer_, ": the question span starts at ", question_->begin,
                      ", before the restored position ", st.end));
   }
+  if (topk_ > 0) RETURN_IF_ERROR(EnsureReprBlocks(blocks));
   Buffers& b = *buf_;
   auto upload = [&](Buffer<float>& buf, const std::vector<float>& host) -> absl::Status {
     if (host.empty()) return absl::OkStatus();

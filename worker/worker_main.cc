@@ -45,10 +45,10 @@ ABSL_FLAG(std::string, backend, "cpu",
 ABSL_FLAG(int32_t, cuda_device, 0, "the GPU of --backend=cuda and --peer_transport=nccl");
 ABSL_FLAG(int64_t, cuda_max_tokens, int64_t{1} << 17,
           "--backend=cuda, full attention: most tokens a session may hold");
-ABSL_FLAG(int64_t, cuda_max_blocks, 8192,
+ABSL_FLAG(int64_t, cuda_max_blocks, int64_t{1} << 17,
           "--backend=cuda, memory modes: most memory blocks per layer and session (a session "
           "holds at most this many * block_size tokens; their representative vectors are "
-          "allocated on the device when the session opens)");
+          "allocated on the device as the document grows)");
 ABSL_FLAG(int64_t, cuda_max_chunk, 512,
           "--backend=cuda: most tokens run through the layers at once (at least the memory "
           "config's exc_block_size)");

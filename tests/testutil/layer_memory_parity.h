@@ -144,7 +144,8 @@ void ExpectMatchesLayerMemory(const MemoryCase& c, Io* io, double tolerance) {
   worker::LayerMemory cpu(config, kParityShape, /*layer=*/1, /*session=*/5, c.question,
                           c.late_question, &storage, inv_freq.data());
   worker::InMemoryBlockStorage tier;
-  cuda::LayerMemoryEngineOptions options{.max_blocks = 64};
+  // Room for 4 representative vectors at first: the ~33 blocks grow the array three times.
+  cuda::LayerMemoryEngineOptions options{.max_blocks = 64, .initial_repr_blocks = 4};
   if (c.tiered) {
     options.storage = &tier;
     options.session = 9;
@@ -224,6 +225,9 @@ void ExpectRejectsBadArgumentsAndAFullPool(Io* io) {
   small_cache.max_cached_block = config.topk - 1;  // A chunk's selection would not fit.
   EXPECT_THAT(Engine::Create(small_cache, kParityShape, 0, std::nullopt, false, io->inv_freq(),
                              io->stream(), {.storage = &tier}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Engine::Create(config, kParityShape, 0, std::nullopt, false, io->inv_freq(),
+                             io->stream(), {.initial_repr_blocks = 0}),
               StatusIs(absl::StatusCode::kInvalidArgument));
 
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> eng,
@@ -308,10 +312,11 @@ void ExpectSaveLoadInteroperates(Io* io, double tolerance) {
   ASSERT_OK(cpu.Save(&blob));
   ASSERT_GT(cpu.num_blocks(), 10);
 
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Engine> eng,
-                       Engine::Create(config, kParityShape, 1, question, false, io->inv_freq(),
-                                      io->stream(), {.storage = &storage, .session = 9}));
-  ASSERT_OK(eng->Load(blob));
+  ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<Engine> eng,
+      Engine::Create(config, kParityShape, 1, question, false, io->inv_freq(), io->stream(),
+                     {.initial_repr_blocks = 2, .storage = &storage, .session = 9}));
+  ASSERT_OK(eng->Load(blob));  // Grows the representative vectors from 2 to the blocks' count.
   EXPECT_EQ(eng->tokens(), 150);
   EXPECT_EQ(eng->num_blocks(), cpu.num_blocks());
   EXPECT_TRUE(eng->has_question_vector());
