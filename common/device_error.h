@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
 namespace qllm {
@@ -25,6 +26,18 @@ inline absl::Status DeviceLostError(absl::string_view message) {
 // Whether `status` reports a lost device (the mark survives copies, not the wire).
 inline bool IsDeviceLost(const absl::Status& status) {
   return !status.ok() && status.GetPayload(kDeviceLostPayload).has_value();
+}
+
+// `status` with "`context`: " before its message, its code and payloads kept, so a lost
+// device is still one after a layer or call adds where it happened. OK stays OK. Every helper
+// that prefixes an error on its way out of a device call must go through this.
+inline absl::Status AnnotateStatus(const absl::Status& status, absl::string_view context) {
+  if (status.ok()) return status;
+  absl::Status out(status.code(), absl::StrCat(context, ": ", status.message()));
+  status.ForEachPayload([&out](absl::string_view type_url, const absl::Cord& payload) {
+    out.SetPayload(type_url, payload);
+  });
+  return out;
 }
 
 }  // namespace qllm

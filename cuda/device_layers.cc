@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/device_error.h"
 #include "common/float16.h"
 #include "common/status_macros.h"
 #include "cuda/cast.h"
@@ -22,8 +23,7 @@ namespace qllm::cuda {
 namespace {
 
 absl::Status WithContext(const absl::Status& s, const std::string& context) {
-  if (s.ok()) return s;
-  return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
+  return AnnotateStatus(s, context);
 }
 
 // A device copy of host fp32 values. The upload is from pageable memory, which CUDA stages
@@ -96,11 +96,14 @@ absl::Status EnsureKvCapacity(std::span<DeviceSequenceLayer> layers, int64_t kv_
   const int64_t capacity = static_cast<int64_t>(layers[0].k_cache.size()) / kv_dim;
   if (tokens <= capacity) return absl::OkStatus();
   const int64_t grown = std::min(max_tokens, std::max({tokens, 2 * capacity, int64_t{256}}));
-  // Allocate everything first so that a failure leaves the caches as they were.
+  // Allocate everything first so that a failure leaves the caches as they were (and frees
+  // only buffers nothing was enqueued on).
   std::vector<DeviceBuffer<float>> k(layers.size()), v(layers.size());
   for (size_t i = 0; i < layers.size(); ++i) {
     ASSIGN_OR_RETURN(k[i], DeviceBuffer<float>::Create(grown * kv_dim));
     ASSIGN_OR_RETURN(v[i], DeviceBuffer<float>::Create(grown * kv_dim));
+  }
+  for (size_t i = 0; i < layers.size(); ++i) {
     RETURN_IF_ERROR(k[i].CopyFrom(layers[i].k_cache, valid * kv_dim, stream));
     RETURN_IF_ERROR(v[i].CopyFrom(layers[i].v_cache, valid * kv_dim, stream));
   }

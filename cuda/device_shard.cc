@@ -142,28 +142,31 @@ absl::StatusOr<std::vector<std::string>> CudaShardBackend::SaveSession(
   absl::MutexLock lock(&core_->mu);
   RETURN_IF_ERROR(UseDevice(core_->options.device));
   const Stream stream = core_->runner->stream();
-  std::vector<float> k, v;
   for (size_t l = 0; l < s->layers_.size(); ++l) {
     const int64_t layer = core_->layer_begin + static_cast<int64_t>(l);
     const DeviceSequenceLayer& d = s->layers_[l];
-    worker::AppendLayerBlobHeader(s->options_.memory.mode, layer, tokens, &blobs[l]);
+    std::string& blob = blobs[l];
+    worker::AppendLayerBlobHeader(s->options_.memory.mode, layer, tokens, &blob);
     if (d.memory != nullptr) {
       // The same blob as worker::LayerMemory::Save (the engine waits for the stream).
-      RETURN_IF_ERROR(worker::InLayer(layer, d.memory->Save(&blobs[l])));
+      RETURN_IF_ERROR(worker::InLayer(layer, d.memory->Save(&blob)));
       continue;
     }
-    // Full mode: the cache's rows as a worker::KvCache blob.
-    k.resize(tokens * kvd);
-    v.resize(tokens * kvd);
+    // Full mode: a worker::KvCache blob, the rows downloaded straight into it (pageable: each
+    // download is complete when it returns), so the lock is held for the copies only.
+    worker::KvCache::AppendBlobHeader(kvd, tokens, &blob);
+    const size_t rows_at = blob.size(), floats = static_cast<size_t>(tokens * kvd);
+    blob.resize(rows_at + 2 * floats * sizeof(float));
     if (tokens > 0) {
-      RETURN_IF_ERROR(d.k_cache.Download(k.data(), k.size(), stream));
-      RETURN_IF_ERROR(d.v_cache.Download(v.data(), v.size(), stream));
-      RETURN_IF_ERROR(core_->runner->Synchronize());
+      RETURN_IF_ERROR(internal::CopyAsync(blob.data() + rows_at, d.k_cache.data(),
+                                          floats * sizeof(float), internal::CopyKind::kDeviceToHost,
+                                          stream));
+      RETURN_IF_ERROR(internal::CopyAsync(blob.data() + rows_at + floats * sizeof(float),
+                                          d.v_cache.data(), floats * sizeof(float),
+                                          internal::CopyKind::kDeviceToHost, stream));
     }
-    worker::KvCache cache(kvd);
-    cache.Append(k.data(), v.data(), tokens, kvd);
-    RETURN_IF_ERROR(cache.Save(&blobs[l]));
   }
+  RETURN_IF_ERROR(core_->runner->Synchronize());
   return blobs;
 }
 
@@ -173,38 +176,49 @@ absl::StatusOr<std::unique_ptr<worker::ShardState>> CudaShardBackend::RestoreSes
   ASSIGN_OR_RETURN(
       const worker::SavedSession saved,
       worker::ParseSessionBlobs(blobs, core_->layer_begin, num_layers, options.memory.mode));
-  ASSIGN_OR_RETURN(std::unique_ptr<worker::ShardState> created, NewSession(options));
-  auto* s = static_cast<CudaState*>(created.get());
   const int64_t kvd = core_->config.kv_dim();
   const int64_t position = saved.position;
-  std::vector<worker::KvCache> caches;  // Full mode: the layers' saved rows.
+  const bool full = !options.memory.uses_memory();
+  // Full mode: the saved rows, checked in place before anything is allocated or locked.
+  std::vector<worker::KvCache::BlobRows> rows;
+  if (full) {
+    for (size_t l = 0; l < num_layers; ++l) {
+      const int64_t layer = core_->layer_begin + static_cast<int64_t>(l);
+      absl::StatusOr<worker::KvCache::BlobRows> r =
+          worker::KvCache::ParseBlob(saved.payloads[l], kvd);
+      if (!r.ok()) return worker::InLayer(layer, r.status());
+      RETURN_IF_ERROR(worker::CheckRestoredTokens(layer, r->size, position));
+      rows.push_back(*r);
+    }
+    RETURN_IF_ERROR(worker::CheckRestoredQuestion(options, position));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<worker::ShardState> created, NewSession(options));
+  auto* s = static_cast<CudaState*>(created.get());
   absl::MutexLock lock(&core_->mu);
   RETURN_IF_ERROR(UseDevice(core_->options.device));
   const Stream stream = core_->runner->stream();
-  for (size_t l = 0; l < num_layers; ++l) {
-    const int64_t layer = core_->layer_begin + static_cast<int64_t>(l);
-    DeviceSequenceLayer& d = s->layers_[l];
-    int64_t tokens = 0;
-    if (d.memory != nullptr) {
-      RETURN_IF_ERROR(worker::InLayer(layer, d.memory->Load(saved.payloads[l])));
-      tokens = d.memory->tokens();
-    } else {
-      caches.emplace_back(kvd);
-      RETURN_IF_ERROR(worker::InLayer(layer, caches.back().Load(saved.payloads[l])));
-      tokens = caches.back().size();
+  if (full) {  // Every layer's rows to the device, straight from the blobs.
+    if (position > 0) {
+      RETURN_IF_ERROR(
+          EnsureKvCapacity(s->layers_, kvd, 0, position, core_->options.max_tokens, stream));
     }
-    RETURN_IF_ERROR(worker::CheckRestoredTokens(layer, tokens, position));
-  }
-  RETURN_IF_ERROR(worker::CheckRestoredQuestion(options, position));
-  if (!caches.empty() && position > 0) {  // Full mode: every layer's cache to the device.
-    RETURN_IF_ERROR(
-        EnsureKvCapacity(s->layers_, kvd, 0, position, core_->options.max_tokens, stream));
+    const size_t bytes = static_cast<size_t>(position * kvd) * sizeof(float);
+    for (size_t l = 0; l < num_layers && position > 0; ++l) {
+      RETURN_IF_ERROR(internal::CopyAsync(s->layers_[l].k_cache.data(), rows[l].keys, bytes,
+                                          internal::CopyKind::kHostToDevice, stream));
+      RETURN_IF_ERROR(internal::CopyAsync(s->layers_[l].v_cache.data(), rows[l].values, bytes,
+                                          internal::CopyKind::kHostToDevice, stream));
+    }
+  } else {
     for (size_t l = 0; l < num_layers; ++l) {
-      RETURN_IF_ERROR(s->layers_[l].k_cache.Upload(caches[l].keys(), position * kvd, stream));
-      RETURN_IF_ERROR(s->layers_[l].v_cache.Upload(caches[l].values(), position * kvd, stream));
+      const int64_t layer = core_->layer_begin + static_cast<int64_t>(l);
+      DeviceSequenceLayer& d = s->layers_[l];
+      RETURN_IF_ERROR(worker::InLayer(layer, d.memory->Load(saved.payloads[l])));
+      RETURN_IF_ERROR(worker::CheckRestoredTokens(layer, d.memory->tokens(), position));
     }
+    RETURN_IF_ERROR(worker::CheckRestoredQuestion(options, position));
   }
-  // The uploads read host memory that goes away on return: wait for them.
+  // The uploads read the blobs, which are the caller's: wait for them.
   RETURN_IF_ERROR(core_->runner->Synchronize());
   s->position_ = position;
   return created;
@@ -280,6 +294,9 @@ absl::Status CudaShardBackend::ForwardLocked(CudaState* s, float* hidden, int64_
     }
     if (!st.ok()) {
       s->selections_.resize(recorded);  // A failed call records nothing.
+      // Nothing enqueued for the piece may still run once the caller frees or reuses what it
+      // reads; the stream's own error, if any, is the one already in `st`.
+      r.Synchronize().IgnoreError();
       return st;
     }
   }
@@ -313,10 +330,10 @@ absl::Status CudaShardBackend::Logits(const float* hidden, int64_t rows, float* 
 
 absl::StatusOr<std::unique_ptr<worker::ShardBackend>> NewCudaShardBackend(
     const model::ModelWeights& weights, const CudaShardOptions& options) {
-  if (options.max_tokens <= 0 || options.max_chunk <= 0 || options.max_blocks < 0) {
+  if (options.max_tokens <= 0 || options.max_chunk <= 0 || options.max_blocks <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "cuda shard: max_tokens ", options.max_tokens, " and max_chunk ", options.max_chunk,
-        " must be positive, max_blocks ", options.max_blocks, " non-negative"));
+        "cuda shard: max_tokens ", options.max_tokens, ", max_chunk ", options.max_chunk,
+        " and max_blocks ", options.max_blocks, " must be positive"));
   }
   const int visible = VisibleDeviceCount();
   if (visible == 0) {

@@ -29,6 +29,10 @@
 //   - Session options beyond the CPU engine's checks: exc_block_size <= max_chunk, and (the
 //     tiered DeviceLayerMemory) max_cached_block >= topk; block_size and question spans are
 //     bounded by the kernels (UNIMPLEMENTED above kTopMeanMaxRows, cuda/memory_ops.h).
+//   - Full attention: besides the KV caches (2 * tokens * kv_dim floats per layer, grown by
+//     doubling, old and new held during a copy), prefill's attention scratch holds heads *
+//     max_chunk * tokens floats (cuda/memory_attention_gemm.h; 8 GiB for Llama-3-8B at 128K),
+//     shared by the sessions: budget the device for both at max_tokens.
 //   - Device memory per memory-mode session and layer: the block cache (max_cached_block
 //     blocks of K and V, and pinned staging) and the working arrays, allocated when the session
 //     opens, plus one representative vector (q_dim floats) per block, in an array that doubles

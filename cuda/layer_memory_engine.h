@@ -67,6 +67,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "common/device_error.h"
 #include "common/status_macros.h"
 #include "cuda/block_cache_lru.h"
 #include "cuda/block_topk.h"
@@ -887,8 +888,8 @@ absl::Status LayerMemoryEngine<Backend>::EnsureReprBlocks(int64_t blocks) {
   const int64_t grown = std::min(options_.max_blocks, std::max(blocks, 2 * repr_blocks_));
   Buffers& b = *buf_;
   auto failed = [&](const absl::Status& s) {
-    return absl::Status(s.code(), absl::StrCat("layer ", layer_, ": growing the memory to ", grown,
-                                               " blocks: ", s.message()));
+    return AnnotateStatus(
+        s, absl::StrCat("layer ", layer_, ": growing the memory to ", grown, " blocks"));
   };
   absl::StatusOr<Buffer<float>> reprs = Buffer<float>::Create(static_cast<size_t>(grown * q_dim_));
   if (!reprs.ok()) return failed(reprs.status());

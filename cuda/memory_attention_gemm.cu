@@ -3,6 +3,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -221,10 +222,20 @@ absl::Status MemoryAttentionGemm::Scores(const MemoryAttentionParams& p, bool gl
       impl_->workspace = nullptr;
       impl_->workspace_bytes = 0;
     }
+    // A quarter more than needed, so that a prefill whose key count grows piece by piece
+    // (full attention) reallocates a few dozen times, not once per piece; exactly `bytes` when
+    // that much is not free.
     void* ws = nullptr;
-    CUDA_RETURN_IF_ERROR(cudaMalloc(&ws, bytes));
+    size_t want = std::max(bytes, impl_->workspace_bytes + impl_->workspace_bytes / 4);
+    cudaError_t e = cudaMalloc(&ws, want);
+    if (e == cudaErrorMemoryAllocation && want > bytes) {
+      cudaGetLastError();  // Not sticky: clear it and try the exact size.
+      want = bytes;
+      e = cudaMalloc(&ws, want);
+    }
+    CUDA_RETURN_IF_ERROR(e);
     impl_->workspace = static_cast<float*>(ws);
-    impl_->workspace_bytes = bytes;
+    impl_->workspace_bytes = want;
   }
   cublasHandle_t h = impl_->handle;
   CUBLAS_RETURN_IF_ERROR(cublasSetStream(h, stream));

@@ -24,8 +24,10 @@
 namespace qllm::cuda {
 
 // Owns a cuBLAS handle and the score workspace (heads * n * (num_global + num_local) floats),
-// which grows to the largest chunk seen. Not thread-safe; use it from one thread (the layers of
-// a model run one after another on one stream, so one object serves them all).
+// which grows (by at least a quarter each time) to the largest chunk seen. In full attention
+// that is heads * chunk * tokens floats: 8 GiB for 32 heads, 512-token chunks and 128K tokens. Not
+// thread-safe; use it from one thread (the layers of a model run one after another on one stream,
+// so one object serves them all).
 class MemoryAttentionGemm {
  public:
   // Creates the cuBLAS handle on the current device. UNAVAILABLE without a usable device.

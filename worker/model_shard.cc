@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/device_error.h"
 #include "common/status_macros.h"
 #include "cuda/attention.h"
 #include "cuda/embedding.h"
@@ -52,7 +53,7 @@ static_assert(sizeof(LayerBlobHeader) == 32);
 }  // namespace
 
 absl::Status InLayer(int64_t layer, const absl::Status& s) {
-  return absl::Status(s.code(), absl::StrCat("layer ", layer, ": ", s.message()));
+  return AnnotateStatus(s, absl::StrCat("layer ", layer));
 }
 
 void AppendLayerBlobHeader(AttentionMode mode, int64_t layer, int64_t position, std::string* out) {
@@ -288,10 +289,7 @@ absl::Status ModelShard::ForwardChunk(ShardSession* s, float* hidden, int64_t n)
   for (int64_t i = 0; i < n; ++i) s->positions_[i] = s->position_ + i;
   for (int l = 0; l < static_cast<int>(weights_.layers.size()); ++l) {
     absl::Status st = ForwardLayer(l, s, hidden, n);
-    if (!st.ok()) {
-      return absl::Status(st.code(),
-                          absl::StrCat("layer ", weights_.layer_begin + l, ": ", st.message()));
-    }
+    if (!st.ok()) return InLayer(weights_.layer_begin + l, st);
   }
   s->position_ += n;
   return absl::OkStatus();

@@ -43,7 +43,9 @@ class ShardState {
 // may differ from ModelShard where its header says so; the CUDA backend (cuda/device_shard.h):
 // stricter session options (exc_block_size at most its chunk, max_cached_block >= topk, block
 // and question sizes its kernels support), a Forward that fails leaves the position where it
-// was and, in the memory modes, the session unusable (FAILED_PRECONDITION afterwards).
+// was and, in the memory modes, the session unusable (FAILED_PRECONDITION afterwards), and
+// bounds: a full-attention session holds at most max_tokens tokens, a memory-mode session
+// max_blocks blocks per layer (RESOURCE_EXHAUSTED beyond, from Forward or RestoreSession).
 class ShardBackend {
  public:
   virtual ~ShardBackend() = default;
@@ -75,7 +77,8 @@ class ShardBackend {
 };
 
 // Makes a backend of the weights that the worker loaded (layers, and embedding / head as its
-// stage needs). Errors are the backend's (e.g. UNAVAILABLE without a usable device).
+// stage needs). Errors are the backend's (e.g. the CUDA backend's INVALID_ARGUMENT for a device
+// index outside the visible ones, none visible included; UNAVAILABLE for a device that fails).
 using ShardBackendFactory =
     std::function<absl::StatusOr<std::unique_ptr<ShardBackend>>(model::ModelWeights weights)>;
 

@@ -389,11 +389,12 @@ absl::Status WorkerCore::PersistDocument(uint64_t session_id, uint64_t document_
         absl::StrCat("session ", session_id, " does not ingest document ", document_key));
   }
   if (s->persisted) return absl::OkStatus();
-  ASSIGN_OR_RETURN(std::vector<std::string> blobs, shard_->SaveSession(*s->state));
+  absl::StatusOr<std::vector<std::string>> blobs = shard_->SaveSession(*s->state);
+  if (!blobs.ok()) return Observe(blobs.status());
   const memstore::OwnerId owner = memstore::OwnerId::Document(kTenant, document_key);
-  for (size_t i = 0; i < blobs.size(); ++i) {
+  for (size_t i = 0; i < blobs->size(); ++i) {
     RETURN_IF_ERROR(store_->PutMetadata(owner, static_cast<uint32_t>(shard_->layer_begin() + i),
-                                        kLayerStateTag, blobs[i]));
+                                        kLayerStateTag, (*blobs)[i]));
   }
   RETURN_IF_ERROR(store_->CommitDocument(kTenant, document_key));
   s->persisted = true;

@@ -32,6 +32,8 @@ TEST(CudaShardBackendTest, WithoutADeviceCreationFailsClearly) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no CUDA device")));
   EXPECT_THAT(NewCudaShardBackend(weights, {.max_chunk = 0}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_chunk 0")));
+  EXPECT_THAT(NewCudaShardBackend(weights, {.max_blocks = 0}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_blocks 0")));
   EXPECT_THAT(UseDevice(0), StatusIs(absl::StatusCode::kInvalidArgument,
                                      HasSubstr("outside the 0 visible device(s)")));
   EXPECT_EQ(VisibleDeviceCount(), 0);  // Asking twice leaves no error behind.

@@ -147,6 +147,9 @@ class WrappedBackend final : public ShardBackend {
   }
   absl::StatusOr<std::vector<std::string>> SaveSession(const ShardState& state) const override {
     RETURN_IF_ERROR(CanSaveSessions());
+    if (lose_device_ != nullptr && lose_device_->load()) {
+      return InLayer(1, DeviceLostError("cudaMemcpy: an illegal memory access was encountered"));
+    }
     return inner_->SaveSession(state);
   }
   absl::StatusOr<std::unique_ptr<ShardState>> RestoreSession(
@@ -159,7 +162,8 @@ class WrappedBackend final : public ShardBackend {
   }
   absl::Status Forward(ShardState* state, float* hidden, int64_t n) const override {
     if (lose_device_ != nullptr && lose_device_->load()) {
-      return DeviceLostError("an illegal memory access was encountered");
+      // As a device backend reports it: with the layer where it happened.
+      return InLayer(2, DeviceLostError("an illegal memory access was encountered"));
     }
     return inner_->Forward(state, hidden, n);
   }
@@ -251,6 +255,38 @@ TEST_F(ShardBackendTest, AFactoryErrorFailsTheLoadAndALostDeviceMarksTheWorker) 
   EXPECT_THAT(serving.RunChunk(&b), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(serving.health(), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_OK(serving.CloseSession(1));  // Closing still works.
+}
+
+TEST(AnnotateStatus, AddsContextAndKeepsTheCodeAndTheDeviceLostMark) {
+  EXPECT_OK(AnnotateStatus(absl::OkStatus(), "layer 3"));
+  const absl::Status lost = InLayer(3, DeviceLostError("cudaErrorIllegalAddress"));
+  EXPECT_TRUE(IsDeviceLost(lost));
+  EXPECT_THAT(lost, StatusIs(absl::StatusCode::kUnavailable, "layer 3: cudaErrorIllegalAddress"));
+  const absl::Status plain = AnnotateStatus(absl::InvalidArgumentError("bad"), "piece 2");
+  EXPECT_FALSE(IsDeviceLost(plain));
+  EXPECT_THAT(plain, StatusIs(absl::StatusCode::kInvalidArgument, "piece 2: bad"));
+}
+
+// A device lost while a document is saved marks the worker too.
+TEST_F(ShardBackendTest, ALostDeviceWhileSavingADocumentMarksTheWorker) {
+  WorkerOptions options;
+  options.store_dir = absl::StrCat(dir_, "/store");
+  auto lose = std::make_shared<std::atomic<bool>>(false);
+  options.backend_factory = [lose](model::ModelWeights weights) {
+    return absl::StatusOr<std::unique_ptr<ShardBackend>>(std::make_unique<WrappedBackend>(
+        NewCpuShardBackend(std::make_unique<ModelShard>(std::move(weights))), true, lose));
+  };
+  WorkerCore core(options);
+  ASSERT_OK(core.LoadShard({dir_, 0, 3, true, true}).status());
+  SessionSpec ingest{.session_id = 1, .memory = QllmMemory(), .question = QuestionSpan{0, 4}};
+  ingest.ingest_document_key = 42;
+  ASSERT_OK(core.OpenSession(ingest));
+  Activations a = Chunk(1, 0, Tokens(8));
+  ASSERT_OK(core.RunChunk(&a));
+  lose->store(true);
+  EXPECT_THAT(core.PersistDocument(1, 42),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("layer 1: cudaMemcpy")));
+  EXPECT_THAT(core.health(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("illegal")));
 }
 
 // A backend that cannot save sessions refuses document ingests and restores up front, before
