@@ -8,6 +8,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/device_error.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "cuda/device.h"
@@ -138,35 +139,48 @@ absl::StatusOr<std::vector<std::string>> CudaShardBackend::SaveSession(
   }
   const int64_t kvd = core_->config.kv_dim();
   const int64_t tokens = s->position_;
+  const size_t floats = static_cast<size_t>(tokens * kvd);
+  // The headers and, in full mode, room for a worker::KvCache blob's rows, before the lock.
   std::vector<std::string> blobs(s->layers_.size());
+  std::vector<size_t> rows_at(blobs.size());
+  for (size_t l = 0; l < blobs.size(); ++l) {
+    const int64_t layer = core_->layer_begin + static_cast<int64_t>(l);
+    worker::AppendLayerBlobHeader(s->options_.memory.mode, layer, tokens, &blobs[l]);
+    if (s->layers_[l].memory != nullptr) continue;
+    worker::KvCache::AppendBlobHeader(kvd, tokens, &blobs[l]);
+    rows_at[l] = blobs[l].size();
+    blobs[l].resize(rows_at[l] + 2 * floats * sizeof(float));
+  }
   absl::MutexLock lock(&core_->mu);
   RETURN_IF_ERROR(UseDevice(core_->options.device));
   const Stream stream = core_->runner->stream();
-  for (size_t l = 0; l < s->layers_.size(); ++l) {
-    const int64_t layer = core_->layer_begin + static_cast<int64_t>(l);
-    const DeviceSequenceLayer& d = s->layers_[l];
-    std::string& blob = blobs[l];
-    worker::AppendLayerBlobHeader(s->options_.memory.mode, layer, tokens, &blob);
-    if (d.memory != nullptr) {
-      // The same blob as worker::LayerMemory::Save (the engine waits for the stream).
-      RETURN_IF_ERROR(worker::InLayer(layer, d.memory->Save(&blob)));
-      continue;
-    }
-    // Full mode: a worker::KvCache blob, the rows downloaded straight into it (pageable: each
-    // download is complete when it returns), so the lock is held for the copies only.
-    worker::KvCache::AppendBlobHeader(kvd, tokens, &blob);
-    const size_t rows_at = blob.size(), floats = static_cast<size_t>(tokens * kvd);
-    blob.resize(rows_at + 2 * floats * sizeof(float));
-    if (tokens > 0) {
-      RETURN_IF_ERROR(internal::CopyAsync(blob.data() + rows_at, d.k_cache.data(),
+  auto save = [&]() -> absl::Status {
+    for (size_t l = 0; l < blobs.size(); ++l) {
+      const int64_t layer = core_->layer_begin + static_cast<int64_t>(l);
+      const DeviceSequenceLayer& d = s->layers_[l];
+      if (d.memory != nullptr) {
+        // The same blob as worker::LayerMemory::Save (the engine waits for the stream).
+        RETURN_IF_ERROR(worker::InLayer(layer, d.memory->Save(&blobs[l])));
+        continue;
+      }
+      if (tokens == 0) continue;
+      // Full mode: the rows downloaded straight into the blob.
+      RETURN_IF_ERROR(internal::CheckRange(0, floats, d.k_cache.size(), "saved keys"));
+      RETURN_IF_ERROR(internal::CheckRange(0, floats, d.v_cache.size(), "saved values"));
+      char* rows = blobs[l].data() + rows_at[l];
+      RETURN_IF_ERROR(internal::CopyAsync(rows, d.k_cache.data(), floats * sizeof(float),
+                                          internal::CopyKind::kDeviceToHost, stream));
+      RETURN_IF_ERROR(internal::CopyAsync(rows + floats * sizeof(float), d.v_cache.data(),
                                           floats * sizeof(float), internal::CopyKind::kDeviceToHost,
                                           stream));
-      RETURN_IF_ERROR(internal::CopyAsync(blob.data() + rows_at + floats * sizeof(float),
-                                          d.v_cache.data(), floats * sizeof(float),
-                                          internal::CopyKind::kDeviceToHost, stream));
     }
+    return core_->runner->Synchronize();
+  };
+  if (absl::Status st = save(); !st.ok()) {
+    // No copy into the blobs may still run once they go away.
+    core_->runner->Synchronize().IgnoreError();
+    return st;
   }
-  RETURN_IF_ERROR(core_->runner->Synchronize());
   return blobs;
 }
 
@@ -176,6 +190,8 @@ absl::StatusOr<std::unique_ptr<worker::ShardState>> CudaShardBackend::RestoreSes
   ASSIGN_OR_RETURN(
       const worker::SavedSession saved,
       worker::ParseSessionBlobs(blobs, core_->layer_begin, num_layers, options.memory.mode));
+  // Options first, as ModelShard::RestoreSession checks them (NewSession checks them again).
+  RETURN_IF_ERROR(worker::ValidateSessionOptions(options, core_->config));
   const int64_t kvd = core_->config.kv_dim();
   const int64_t position = saved.position;
   const bool full = !options.memory.uses_memory();
@@ -202,8 +218,10 @@ absl::StatusOr<std::unique_ptr<worker::ShardState>> CudaShardBackend::RestoreSes
       RETURN_IF_ERROR(
           EnsureKvCapacity(s->layers_, kvd, 0, position, core_->options.max_tokens, stream));
     }
-    const size_t bytes = static_cast<size_t>(position * kvd) * sizeof(float);
+    const size_t floats = static_cast<size_t>(position * kvd), bytes = floats * sizeof(float);
     for (size_t l = 0; l < num_layers && position > 0; ++l) {
+      RETURN_IF_ERROR(internal::CheckRange(0, floats, s->layers_[l].k_cache.size(), "keys"));
+      RETURN_IF_ERROR(internal::CheckRange(0, floats, s->layers_[l].v_cache.size(), "values"));
       RETURN_IF_ERROR(internal::CopyAsync(s->layers_[l].k_cache.data(), rows[l].keys, bytes,
                                           internal::CopyKind::kHostToDevice, stream));
       RETURN_IF_ERROR(internal::CopyAsync(s->layers_[l].v_cache.data(), rows[l].values, bytes,
@@ -295,8 +313,10 @@ absl::Status CudaShardBackend::ForwardLocked(CudaState* s, float* hidden, int64_
     if (!st.ok()) {
       s->selections_.resize(recorded);  // A failed call records nothing.
       // Nothing enqueued for the piece may still run once the caller frees or reuses what it
-      // reads; the stream's own error, if any, is the one already in `st`.
-      r.Synchronize().IgnoreError();
+      // reads. A lost device seen only now (st a host-side error) is the one to report.
+      if (absl::Status d = r.Synchronize(); IsDeviceLost(d) && !IsDeviceLost(st)) {
+        return AnnotateStatus(d, absl::StrCat("after \"", st.message(), "\""));
+      }
       return st;
     }
   }

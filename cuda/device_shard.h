@@ -31,7 +31,8 @@
 //     bounded by the kernels (UNIMPLEMENTED above kTopMeanMaxRows, cuda/memory_ops.h).
 //   - Full attention: besides the KV caches (2 * tokens * kv_dim floats per layer, grown by
 //     doubling, old and new held during a copy), prefill's attention scratch holds heads *
-//     max_chunk * tokens floats (cuda/memory_attention_gemm.h; 8 GiB for Llama-3-8B at 128K),
+//     max_chunk * tokens floats, up to 1.25x that (cuda/memory_attention_gemm.h; 8-10 GiB for
+//     Llama-3-8B at 128K),
 //     shared by the sessions: budget the device for both at max_tokens.
 //   - Device memory per memory-mode session and layer: the block cache (max_cached_block
 //     blocks of K and V, and pinned staging) and the working arrays, allocated when the session

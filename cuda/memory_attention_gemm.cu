@@ -216,6 +216,7 @@ absl::Status MemoryAttentionGemm::Scores(const MemoryAttentionParams& p, bool gl
   }
   const size_t bytes = static_cast<size_t>(p.heads * p.n * width) * sizeof(float);
   if (bytes > impl_->workspace_bytes) {
+    const size_t old_bytes = impl_->workspace_bytes;
     if (impl_->workspace != nullptr) {
       CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
       cudaFree(impl_->workspace);
@@ -226,13 +227,14 @@ absl::Status MemoryAttentionGemm::Scores(const MemoryAttentionParams& p, bool gl
     // (full attention) reallocates a few dozen times, not once per piece; exactly `bytes` when
     // that much is not free.
     void* ws = nullptr;
-    size_t want = std::max(bytes, impl_->workspace_bytes + impl_->workspace_bytes / 4);
+    size_t want = std::max(bytes, old_bytes + old_bytes / 4);
     cudaError_t e = cudaMalloc(&ws, want);
     if (e == cudaErrorMemoryAllocation && want > bytes) {
       cudaGetLastError();  // Not sticky: clear it and try the exact size.
       want = bytes;
       e = cudaMalloc(&ws, want);
     }
+    if (e != cudaSuccess) cudaGetLastError();  // A later launch check must not see it.
     CUDA_RETURN_IF_ERROR(e);
     impl_->workspace = static_cast<float*>(ws);
     impl_->workspace_bytes = want;

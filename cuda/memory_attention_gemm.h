@@ -24,8 +24,9 @@
 namespace qllm::cuda {
 
 // Owns a cuBLAS handle and the score workspace (heads * n * (num_global + num_local) floats),
-// which grows (by at least a quarter each time) to the largest chunk seen. In full attention
-// that is heads * chunk * tokens floats: 8 GiB for 32 heads, 512-token chunks and 128K tokens. Not
+// which grows (by at least a quarter each time, so up to 1.25x what the largest chunk seen
+// needs). In full attention a chunk needs heads * chunk * tokens floats: 8 GiB for 32 heads,
+// 512-token chunks and 128K tokens (so up to 10 GiB held). Not
 // thread-safe; use it from one thread (the layers of a model run one after another on one stream,
 // so one object serves them all).
 class MemoryAttentionGemm {

@@ -75,7 +75,7 @@ absl::Status CheckRestoredTokens(int64_t layer, int64_t tokens, int64_t position
 // RestoreSession's check of options.question against the restored position: INVALID_ARGUMENT
 // without late_question or for a span that starts before `position`.
 absl::Status CheckRestoredQuestion(const SessionOptions& options, int64_t position);
-// `s` with "layer <layer>: " before its message.
+// `s` with "layer <layer>: " before its message, its code and payloads kept (AnnotateStatus).
 absl::Status InLayer(int64_t layer, const absl::Status& s);
 
 // Per-request state of one shard: the position reached and each layer's KV cache or context

@@ -320,7 +320,7 @@ TEST(DeviceShardGpuErrorsTest, BadInputGetsPreciseErrors) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("token id 64")));
   EXPECT_THAT(NewCudaShardBackend(weights, {.device = 99}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("CUDA device 99")));
-  EXPECT_THAT(dev->CanSaveSessions(), StatusIs(absl::StatusCode::kUnimplemented));
+  EXPECT_OK(dev->CanSaveSessions());
 
   worker::InMemoryBlockStorage storage;
   worker::SessionOptions memory;
@@ -334,7 +334,10 @@ TEST(DeviceShardGpuErrorsTest, BadInputGetsPreciseErrors) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block storage")));
 
   ASSERT_OK_AND_ASSIGN(auto full, dev->NewSession({}));
-  EXPECT_THAT(dev->SaveSession(*full).status(), StatusIs(absl::StatusCode::kUnimplemented));
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> empty, dev->SaveSession(*full));
+  EXPECT_EQ(empty.size(), static_cast<size_t>(weights.config.num_layers));  // Position 0.
+  EXPECT_THAT(dev->RestoreSession({}, std::vector<std::string>(empty.size(), "junk")).status(),
+              StatusIs(absl::StatusCode::kDataLoss));
   ASSERT_OK(dev->Embed(std::vector<int32_t>(30, 3), h.data()));
   ASSERT_OK(dev->Forward(full.get(), h.data(), 30));
   EXPECT_THAT(dev->Forward(full.get(), h.data(), 3),
