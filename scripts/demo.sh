@@ -9,4 +9,7 @@
 set -euo pipefail
 build_dir=${1:-build}
 shift || true
-exec /usr/bin/python3 clients/python/pass_key_demo.py --build "$build_dir" "$@"
+# $PYTHON: an interpreter with grpcio and protobuf (Debian's by default; tests/gpu/run.sh passes
+# the GPU machine's own).
+cd "$(dirname "$0")/.."
+exec "${PYTHON:-/usr/bin/python3}" clients/python/pass_key_demo.py --build "$build_dir" "$@"

@@ -260,6 +260,8 @@ bool ParseArgs(int argc, char** argv, Args* args) {
 }  // namespace qllm::cuda
 
 int main(int argc, char** argv) {
+  // Line-buffered, so that a run killed at its time limit still shows how far it got.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   qllm::cuda::Args args;
   if (!qllm::cuda::ParseArgs(argc, argv, &args)) {
     std::fprintf(stderr,

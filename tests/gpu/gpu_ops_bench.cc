@@ -264,6 +264,8 @@ absl::Status Run(bool quick) {
 }  // namespace qllm::cuda
 
 int main(int argc, char** argv) {
+  // Line-buffered, so that a run killed at its time limit still shows how far it got.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   bool quick = false;
   for (int i = 1; i < argc; ++i) quick = quick || std::strcmp(argv[i], "--quick") == 0;
   int count = 0;

@@ -48,6 +48,7 @@ SERVICE_ARGS=${SERVICE_ARGS:---tokens=32768}
 RUN_REF_BENCH=${RUN_REF_BENCH:-1}
 REF_BENCH_ARGS=${REF_BENCH_ARGS:---layers 32 --lengths 32768 --decode 8}
 PYTHON=${PYTHON:-python3}
+export PYTHON  # scripts/demo.sh runs the demo client with it
 LOG_DIR=$BUILD_DIR/gpu-run
 START=$SECONDS
 
@@ -180,12 +181,14 @@ rm -f "$LOG_DIR/service_cuda.log" "$LOG_DIR/service_cpu.log"
 if [[ $RUN_SERVICE -eq 1 ]]; then
   section "service with cuda workers (scripts/demo.sh $SERVICE_ARGS --backend=cuda)"
   # shellcheck disable=SC2086
-  service_status=$(run_step service_cuda 240 '' "$ROOT/scripts/demo.sh" "$BUILD_DIR" \
-    $SERVICE_ARGS --backend=cuda)
+  # --keep: the workers' and coordinator's logs stay in the demo's temporary directory (its
+  # path is in the step's log) for a failure to be diagnosed.
+  service_status=$(PYTHONUNBUFFERED=1 run_step service_cuda 240 '' "$ROOT/scripts/demo.sh" \
+    "$BUILD_DIR" $SERVICE_ARGS --backend=cuda --keep)
   section "service with cpu workers (scripts/demo.sh $SERVICE_ARGS --backend=cpu)"
   # shellcheck disable=SC2086
-  cpu_service=$(run_step service_cpu 240 '' "$ROOT/scripts/demo.sh" "$BUILD_DIR" \
-    $SERVICE_ARGS --backend=cpu)
+  cpu_service=$(PYTHONUNBUFFERED=1 run_step service_cpu 240 '' "$ROOT/scripts/demo.sh" \
+    "$BUILD_DIR" $SERVICE_ARGS --backend=cpu --keep)
   service_status="cuda $service_status, cpu $cpu_service"
 fi
 

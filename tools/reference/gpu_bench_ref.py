@@ -96,7 +96,9 @@ def main(argv=None):
           flush=True)
     longest = max(lengths)
     g = torch.Generator(device="cpu").manual_seed(2)
-    ids = torch.randint(0, cfg.vocab_size, (longest + args.decode,), generator=g).to(args.device)
+    # Drawn on the CPU (a CPU generator cannot draw on the default CUDA device), then moved.
+    ids = torch.randint(0, cfg.vocab_size, (longest + args.decode,), generator=g,
+                        device="cpu").to(args.device)
     small = dict(n_init=16, n_local=64, block_size=16, topk=4, exc_block_size=32) if args.tiny \
         else dict(n_init=128, n_local=1024, block_size=128, topk=8, exc_block_size=512)
     rows = []
