@@ -9,7 +9,21 @@
 #
 #   tests/gpu/run.sh
 #
+# A machine without this project's Debian libraries (the device tool's GPU image: CUDA and
+# PyTorch, no gRPC, abseil, RocksDB or OpenBLAS, no network) cannot build. There, run it from a
+# bundle made on a Debian 12 machine with the CUDA toolkit (tests/gpu/bundle.sh, which writes
+# .gpu-bundle/qllm-gpu-bundle.tar.xz): when that archive exists, run.sh unpacks it into
+# BUNDLE_DIR instead of configuring and building, puts its libraries and the machine's CUDA and
+# NCCL libraries on LD_LIBRARY_PATH, and runs the GPU test binaries itself (as ctest -L gpu
+# would; the CPU benchmark is skipped). With the device tool:
+#   here:  tests/gpu/bundle.sh build
+#   there: run(command="tests/gpu/run.sh 2>&1 | tail -c 11000", carry=[".gpu-bundle"],
+#              timeout_s=600); the logs come back as $OUT/gpu-run-logs.tgz
+#
 # Environment (all optional):
+#   BUNDLE         the prebuilt archive. Default: <repo>/.gpu-bundle/qllm-gpu-bundle.tar.xz when
+#                  it exists; empty: always build
+#   BUNDLE_DIR     where a bundle is unpacked (emptied first). Default: <repo>/build-gpu-bundle
 #   BUILD_DIR      build tree. Default: <repo>/build-gpu
 #   CUDA_ARCHS     CMAKE_CUDA_ARCHITECTURES. Default: 90 (H100)
 #   JOBS           build parallelism. Default: nproc
@@ -53,6 +67,13 @@ LOG_DIR=$BUILD_DIR/gpu-run
 START=$SECONDS
 
 section() { echo; echo "== $* ($((SECONDS - START)) s)"; }
+# Under the device tool, whatever is in $OUT comes back: the logs do, however the run ends.
+save_logs() {
+  if [[ -n ${OUT:-} && -d ${LOG_DIR:-} ]]; then
+    tar -czf "$OUT/gpu-run-logs.tgz" -C "$(dirname "$LOG_DIR")" "$(basename "$LOG_DIR")" || true
+  fi
+}
+trap save_logs EXIT
 
 gpu_list=
 if command -v nvidia-smi > /dev/null 2>&1; then
@@ -68,25 +89,98 @@ if [[ -z ${REQUIRE_GPU:-} ]]; then
   if grep -q '^GPU ' <<< "$gpu_list"; then REQUIRE_GPU=1; fi
 fi
 
-section "configure $BUILD_DIR (CUDA archs $CUDA_ARCHS)"
-mkdir -p "$LOG_DIR"
-cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQLLM_WITH_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" -DQLLM_BUILD_TESTS=ON -DQLLM_BUILD_BENCH=ON 2>&1 |
-  tee "$LOG_DIR/configure.log"
-if ! grep -q 'QLLM: CUDA backend ON' "$LOG_DIR/configure.log"; then
-  echo "run.sh: CMake did not enable the CUDA backend (nvcc missing?); see configure.log" >&2
-  exit 1
+BUNDLE=${BUNDLE-$ROOT/.gpu-bundle/qllm-gpu-bundle.tar.xz}
+bundled=0
+if [[ -n $BUNDLE && -f $BUNDLE ]]; then
+  bundled=1
+  BUILD_DIR=${BUNDLE_DIR:-$ROOT/build-gpu-bundle}
+  LOG_DIR=$BUILD_DIR/gpu-run
+  section "unpack $BUNDLE into $BUILD_DIR (prebuilt; no build here)"
+  rm -rf "$BUILD_DIR"
+  mkdir -p "$BUILD_DIR"
+  tar -C "$BUILD_DIR" -xJf "$BUNDLE"
+  mkdir -p "$LOG_DIR"
+  echo "bundle built from commit $(cat "$BUILD_DIR/COMMIT"); this tree is at" \
+    "$(git -C "$ROOT" rev-parse HEAD 2> /dev/null || echo unknown)"
+  # The CUDA libraries are this machine's: its toolkit's, then the Python wheels' (NCCL).
+  cuda_libs=
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -d $d ]] && cuda_libs+=":$d"
+  done
+  wheel_libs=$("$PYTHON" -c '
+import importlib, os
+dirs = []
+for name in ("nvidia.nccl", "nvidia.cublas", "nvidia.cuda_runtime"):
+    try:
+        dirs += [os.path.join(p, "lib") for p in importlib.import_module(name).__path__]
+    except Exception:
+        pass
+print(":".join(d for d in dirs if os.path.isdir(d)))' 2> /dev/null || true)
+  export LD_LIBRARY_PATH="$BUILD_DIR/lib$cuda_libs${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  missing=$(ldd "$BUILD_DIR/worker/qllm-worker" "$BUILD_DIR/tests/gpu/ops_gpu_test" |
+    grep 'not found' | sort -u || true)
+  if [[ -n $missing ]]; then
+    echo "run.sh: libraries the bundle's binaries need are missing here:" >&2
+    echo "$missing" >&2
+    exit 1
+  fi
+  RUN_BENCH=0  # The CPU benchmark is not in the bundle.
+else
+  section "configure $BUILD_DIR (CUDA archs $CUDA_ARCHS)"
+  mkdir -p "$LOG_DIR"
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQLLM_WITH_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" -DQLLM_BUILD_TESTS=ON -DQLLM_BUILD_BENCH=ON 2>&1 |
+    tee "$LOG_DIR/configure.log"
+  if ! grep -q 'QLLM: CUDA backend ON' "$LOG_DIR/configure.log"; then
+    echo "run.sh: CMake did not enable the CUDA backend (nvcc missing?); see configure.log" >&2
+    exit 1
+  fi
+
+  # qllm_gpu_tests (tests/gpu/CMakeLists.txt) builds every binary that ctest -L gpu runs.
+  section "build qllm_gpu_tests qllm_cpu_bench qllm-worker qllm-coordinator (-j$JOBS)"
+  cmake --build "$BUILD_DIR" --target qllm_gpu_tests qllm_cpu_bench qllm-worker \
+    qllm-coordinator qllm_python_proto -j "$JOBS"
 fi
 
-# qllm_gpu_tests (tests/gpu/CMakeLists.txt) builds every binary that ctest -L gpu runs.
-section "build qllm_gpu_tests qllm_cpu_bench qllm-worker qllm-coordinator (-j$JOBS)"
-cmake --build "$BUILD_DIR" --target qllm_gpu_tests qllm_cpu_bench qllm-worker qllm-coordinator \
-  qllm_python_proto -j "$JOBS"
+# The bundle's GPU test binaries, each run whole (300 s each at most), reported in ctest's
+# words for the summary below: "N - Suite.Test (Skipped)" lines and "P% tests passed, F tests
+# failed out of T". A binary that exits non-zero without a failed test counts as one failure.
+run_bundled_tests() {
+  local total=0 failed=0 rc out t name
+  while read -r t; do
+    echo "== $t"
+    out=$(cd "$BUILD_DIR" && timeout 300 "./$t" 2>&1)
+    rc=$?
+    echo "$out"
+    local ok fail skip
+    ok=$(grep -c '^\[       OK \] ' <<< "$out" || true)
+    fail=$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' <<< "$out" || true)
+    skip=$(grep -cE '^\[  SKIPPED \] .* \([0-9]+ ms\)$' <<< "$out" || true)
+    grep -E '^\[  SKIPPED \] .* \([0-9]+ ms\)$' <<< "$out" | while read -r _ _ _ name _; do
+      echo "  - $name (Skipped)"
+    done
+    if [[ $rc -ne 0 && $fail -eq 0 ]]; then
+      echo "$t exited with status $rc without a failed test"
+      fail=1
+    fi
+    total=$((total + ok + fail + skip))
+    failed=$((failed + fail))
+  done < "$BUILD_DIR/gpu_tests.txt"
+  echo "$(((total - failed) * 100 / (total > 0 ? total : 1)))% tests passed, $failed tests" \
+    "failed out of $total"
+  [[ $failed -eq 0 && $total -gt 0 ]]
+}
 
-section "ctest -L gpu"
 set +e
-(cd "$BUILD_DIR" && ctest -L gpu --output-on-failure --no-tests=error --timeout 300) 2>&1 |
-  tee "$LOG_DIR/ctest.log"
+if [[ $bundled -eq 1 ]]; then
+  section "GPU tests (the bundle's binaries)"
+  run_bundled_tests 2>&1 | tee "$LOG_DIR/ctest.log"
+else
+  section "ctest -L gpu"
+  (cd "$BUILD_DIR" && ctest -L gpu --output-on-failure --no-tests=error --timeout 300) 2>&1 |
+    tee "$LOG_DIR/ctest.log"
+fi
 ctest_rc=${PIPESTATUS[0]}
 set -e
 summary=$(grep -E 'tests passed' "$LOG_DIR/ctest.log" | tail -1 || true)
@@ -122,7 +216,7 @@ run_step() {
   local name=$1 limit=$2 marker=$3 rc
   shift 3
   set +e
-  timeout "$limit" "$@" 2>&1 | tee "$LOG_DIR/$name.log" >&2
+  timeout -k 15 "$limit" "$@" 2>&1 | tee "$LOG_DIR/$name.log" >&2
   rc=${PIPESTATUS[0]}
   set -e
   if [[ $rc -ne 0 ]]; then
@@ -219,7 +313,7 @@ if [[ $model_bench_status == ok* ]]; then
 fi
 printf '  %-26s %s\n' "PyTorch reference" "$ref_bench_status"
 if [[ $ref_bench_status == ok ]]; then
-  grep -h '^PyTorch reference:' "$LOG_DIR/ref_bench.log" | sed 's/^/  /'
+  grep -h '^PyTorch reference:' "$LOG_DIR/ref_bench.log" | sed 's/^/  /' || true
   # Prefill speed-up over the reference at the lengths both measured.
   for len in $(grep -o '"prefill_tokens": [0-9]*' "$LOG_DIR/ref_bench.log" | grep -o '[0-9]*$'); do
     ref=$(grep "\"prefill_tokens\": $len," "$LOG_DIR/ref_bench.log" |
