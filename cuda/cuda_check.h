@@ -17,12 +17,21 @@ inline absl::Status CudaErrorToStatus(cudaError_t err, const char* expr, const c
   const std::string msg = absl::StrCat(file, ":", line, ": ", expr, ": ", cudaGetErrorName(err),
                                        ": ", cudaGetErrorString(err));
   switch (err) {
+    // The errors the CUDA runtime documents as leaving the context unusable ("the process
+    // must be terminated and relaunched"), and no device at all.
     case cudaErrorIllegalAddress:
     case cudaErrorLaunchFailure:
+    case cudaErrorLaunchTimeout:
     case cudaErrorHardwareStackError:
     case cudaErrorIllegalInstruction:
     case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
     case cudaErrorECCUncorrectable:
+    case cudaErrorNvlinkUncorrectable:
+    case cudaErrorContained:
+    case cudaErrorExternalDevice:
     case cudaErrorNoDevice:
       return DeviceLostError(msg);
     case cudaErrorMemoryAllocation:
@@ -34,10 +43,13 @@ inline absl::Status CudaErrorToStatus(cudaError_t err, const char* expr, const c
 
 }  // namespace qllm::cuda
 
+// On an error, also clears the thread's last error (a no-op for sticky ones), so that a later
+// CUDA_RETURN_IF_LAUNCH_ERROR does not report this call's failure as a failed launch.
 #define CUDA_RETURN_IF_ERROR(expr)                                                       \
   do {                                                                                   \
     const cudaError_t qllm_cuda_err_ = (expr);                                           \
     if (qllm_cuda_err_ != cudaSuccess) {                                                 \
+      (void)cudaGetLastError();                                                          \
       return ::qllm::cuda::CudaErrorToStatus(qllm_cuda_err_, #expr, __FILE__, __LINE__); \
     }                                                                                    \
   } while (0)

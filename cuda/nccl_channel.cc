@@ -97,8 +97,17 @@ class NcclChannel final : public worker::ActivationChannel {
       DestroyLocked();
       return NcclError(r, send ? "ncclSend" : "ncclRecv");
     }
-    CUDA_RETURN_IF_ERROR(cudaEventRecord(event_, stream_));
-    absl::Status st = WaitFor(comm_, event_, deadline, &aborted_, send ? "ncclSend" : "ncclRecv");
+    // A non-blocking communicator may return ncclInProgress and put the kernel on the stream
+    // later, from its own thread: first wait until it is there (the async state leaves
+    // ncclInProgress), then record the event behind it and wait for the transfer itself.
+    const char* what = send ? "ncclSend" : "ncclRecv";
+    absl::Status st = WaitFor(comm_, nullptr, deadline, &aborted_, what);
+    if (st.ok()) {
+      if (const cudaError_t e = cudaEventRecord(event_, stream_); e != cudaSuccess) {
+        st = CudaErrorToStatus(e, "cudaEventRecord after an NCCL call", __FILE__, __LINE__);
+      }
+    }
+    if (st.ok()) st = WaitFor(comm_, event_, deadline, &aborted_, what);
     if (!st.ok()) {  // The communicator is unusable after any failure: abort it.
       aborted_.store(true);
       DestroyLocked();
@@ -115,29 +124,39 @@ class NcclChannel final : public worker::ActivationChannel {
   std::atomic<bool> aborted_{false};
 };
 
-// Host memory in and out of an NCCL channel through one device buffer (grown on demand).
+// Host memory in and out of an NCCL channel through one device buffer (grown on demand),
+// copied on the channel's own stream: no device-wide synchronization, which would wait for
+// every NCCL kernel on the device, other sessions' links included (NCCL's warning about
+// concurrent communicators).
 class HostStagedChannel final : public worker::ActivationChannel {
  public:
-  HostStagedChannel(std::unique_ptr<worker::ActivationChannel> inner, int device)
-      : inner_(std::move(inner)), device_(device) {}
+  HostStagedChannel(std::unique_ptr<worker::ActivationChannel> inner, int device,
+                    cudaStream_t stream)
+      : inner_(std::move(inner)), device_(device), stream_(stream) {}
   ~HostStagedChannel() override {
+    // Abort first: freeing the buffer synchronizes the device, which would wait forever for
+    // a transfer of this channel still waiting on a dead peer.
+    inner_->Abort();
     if (buffer_ != nullptr) cudaFree(buffer_);
+    cudaStreamDestroy(stream_);
   }
 
   absl::Status Send(const float* data, size_t count, absl::Time deadline) override {
     absl::MutexLock lock(&mu_);
     RETURN_IF_ERROR(Reserve(count));
-    CUDA_RETURN_IF_ERROR(cudaMemcpy(buffer_, data, count * sizeof(float), cudaMemcpyHostToDevice));
-    // From pageable memory cudaMemcpy may return before the DMA lands, and NCCL reads the
-    // buffer on its own non-blocking stream: wait for the copy.
-    CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(buffer_, data, count * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    // NCCL reads the buffer on its own stream: the copy must have landed.
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     return inner_->Send(buffer_, count, deadline);
   }
   absl::Status Recv(float* data, size_t count, absl::Time deadline) override {
     absl::MutexLock lock(&mu_);
     RETURN_IF_ERROR(Reserve(count));
-    RETURN_IF_ERROR(inner_->Recv(buffer_, count, deadline));
-    CUDA_RETURN_IF_ERROR(cudaMemcpy(data, buffer_, count * sizeof(float), cudaMemcpyDeviceToHost));
+    RETURN_IF_ERROR(inner_->Recv(buffer_, count, deadline));  // Returns once it has landed.
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(data, buffer_, count * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     return absl::OkStatus();
   }
   void Abort() override { inner_->Abort(); }
@@ -156,6 +175,7 @@ class HostStagedChannel final : public worker::ActivationChannel {
 
   const std::unique_ptr<worker::ActivationChannel> inner_;
   const int device_;
+  const cudaStream_t stream_;
   absl::Mutex mu_;
   float* buffer_ ABSL_GUARDED_BY(mu_) = nullptr;
   size_t capacity_ ABSL_GUARDED_BY(mu_) = 0;
@@ -175,8 +195,10 @@ class NcclPeerTransport final : public worker::PeerTransport {
         std::unique_ptr<worker::ActivationChannel> channel,
         NewNcclChannel(id, role == worker::LinkRole::kSend ? 0 : 1, device_, deadline, cancel));
     if (!host_memory_) return channel;
+    cudaStream_t stream = nullptr;
+    CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     return std::unique_ptr<worker::ActivationChannel>(
-        new HostStagedChannel(std::move(channel), device_));
+        new HostStagedChannel(std::move(channel), device_, stream));
   }
 
  private:
@@ -212,7 +234,10 @@ absl::StatusOr<std::unique_ptr<worker::ActivationChannel>> NewNcclChannel(
   config.blocking = 0;  // Bounded waits: poll ncclCommGetAsyncError ourselves.
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommInitRankConfig(&comm, 2, id, rank, &config);
-  if (r != ncclSuccess && r != ncclInProgress) return NcclError(r, "ncclCommInitRankConfig");
+  if (r != ncclSuccess && r != ncclInProgress) {
+    if (comm != nullptr) ncclCommAbort(comm);
+    return NcclError(r, "ncclCommInitRankConfig");
+  }
   const std::atomic<bool> never{false};
   if (absl::Status s = WaitFor(comm, nullptr, deadline, cancel != nullptr ? cancel : &never,
                                "ncclCommInitRankConfig");

@@ -20,8 +20,11 @@ using ::testing::HasSubstr;
 
 TEST(CudaCheckTest, StickyErrorsMarkTheDeviceLostOthersDoNot) {
   for (cudaError_t sticky :
-       {cudaErrorIllegalAddress, cudaErrorLaunchFailure, cudaErrorHardwareStackError,
-        cudaErrorIllegalInstruction, cudaErrorMisalignedAddress, cudaErrorECCUncorrectable}) {
+       {cudaErrorIllegalAddress, cudaErrorLaunchFailure, cudaErrorLaunchTimeout,
+        cudaErrorHardwareStackError, cudaErrorIllegalInstruction, cudaErrorMisalignedAddress,
+        cudaErrorInvalidAddressSpace, cudaErrorInvalidPc, cudaErrorAssert,
+        cudaErrorECCUncorrectable, cudaErrorNvlinkUncorrectable, cudaErrorContained,
+        cudaErrorExternalDevice}) {
     const absl::Status s = CudaErrorToStatus(sticky, "kernel<<<>>>", "f.cu", 7);
     EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("f.cu:7: kernel<<<>>>")));
     EXPECT_TRUE(IsDeviceLost(s)) << s;
