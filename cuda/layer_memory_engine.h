@@ -228,9 +228,9 @@ class LayerMemoryEngine : private worker::LayerMemoryDims {
   // The pending tokens (unrotated keys) as global keys from row `first` on, at their real
   // positions, and global_pos of the rows before them kAlwaysVisible.
   absl::Status PendingAsGlobal(int64_t first);
-  // Tiered mode, after the selection's copy to the host was enqueued and selection_ready
-  // recorded: waits for it, makes the `sel` selected blocks resident in the cache and gathers
-  // them into global_k / global_v from row `first` on.
+  // Tiered mode, after the selection's copy to the host and selection_ready (Process records
+  // it behind the copy): waits for it, makes the `sel` selected blocks resident in the cache and
+  // gathers them into global_k / global_v from row `first` on.
   absl::Status LoadSelected(int64_t sel, int64_t first);
   // Steps 3-4 with one MemoryAttention call over every key: sinks, the `sel` selected blocks
   // (from the pool, ids in backend memory of `num` blocks, or tiered through LoadSelected),
@@ -566,6 +566,8 @@ absl::Status LayerMemoryEngine<Backend>::Process(const float* qkv, int64_t strid
     if (record != nullptr || tiered_) {
       RETURN_IF_ERROR(Backend::BlockTopKToHost(t, b.topk_workspace.data(), b.topk_workspace.bytes(),
                                                b.h_ids.data(), b.h_scores.data(), stream_));
+      // Tiered: the host waits for the selection on this event, not on the whole stream.
+      if (tiered_) RETURN_IF_ERROR(b.selection_ready.Record(stream_));
     } else {
       RETURN_IF_ERROR(
           Backend::BlockTopK(t, b.topk_workspace.data(), b.topk_workspace.bytes(), stream_));
@@ -690,7 +692,6 @@ absl::Status LayerMemoryEngine<Backend>::JointAttention(int64_t n, int64_t start
   const int64_t ng = fixed + (pending_global_ ? P : 0);
   RETURN_IF_ERROR(CopyGlobalRows(b.init_k.data(), b.init_v.data(), init_size_, 0));
   if (tiered_ && sel > 0) {
-    RETURN_IF_ERROR(b.selection_ready.Record(stream_));
     RETURN_IF_ERROR(LoadSelected(sel, init_size_));
   } else if (sel > 0) {
     GatherBlocksParams g;
@@ -719,8 +720,6 @@ template <typename Backend>
 absl::Status LayerMemoryEngine<Backend>::TieredAttention(int64_t n, int64_t start, int64_t sel,
                                                          float* out) {
   Buffers& b = *buf_;
-  // The selection's copy to the host is enqueued; this event marks it.
-  RETURN_IF_ERROR(b.selection_ready.Record(stream_));
   // Part A, enqueued before the host waits: the keys already in backend memory. Global keys
   // [sinks | pending tokens at their positions], then (part B) the selected blocks.
   const int64_t P = end_ - p0_;

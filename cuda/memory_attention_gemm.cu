@@ -148,10 +148,6 @@ absl::StatusOr<std::unique_ptr<MemoryAttentionGemm>> MemoryAttentionGemm::Create
   return std::unique_ptr<MemoryAttentionGemm>(new MemoryAttentionGemm(std::move(impl)));
 }
 
-size_t MemoryAttentionGemm::WorkspaceBytes(const MemoryAttentionParams& p) {
-  return static_cast<size_t>(p.heads * p.n * (p.num_global + p.num_local)) * sizeof(float);
-}
-
 absl::Status MemoryAttentionGemm::Launch(const MemoryAttentionParams& p, Stream stream) {
   RETURN_IF_ERROR(p.Validate());
   if (p.n == 0) return absl::OkStatus();
@@ -234,7 +230,6 @@ absl::Status MemoryAttentionGemm::Scores(const MemoryAttentionParams& p, bool gl
       want = bytes;
       e = cudaMalloc(&ws, want);
     }
-    if (e != cudaSuccess) cudaGetLastError();  // A later launch check must not see it.
     CUDA_RETURN_IF_ERROR(e);
     impl_->workspace = static_cast<float*>(ws);
     impl_->workspace_bytes = want;

@@ -48,9 +48,6 @@ class MemoryAttentionGemm {
   // the workspace, then one kernel); the same contract and errors as Launch.
   absl::Status LaunchLocalScores(const MemoryAttentionParams& p, Stream stream);
 
-  // Bytes of the score workspace for `p`.
-  static size_t WorkspaceBytes(const MemoryAttentionParams& p);
-
  private:
   struct Impl;
   explicit MemoryAttentionGemm(std::unique_ptr<Impl> impl);
