@@ -79,7 +79,7 @@ Tokenizer: byte-level BPE trained on the same generator, Llama-3 split regex wit
 Seed {seed}, AdamW, float32, device {device}, `tools/train/train.py` (recipe and measurements:
 `tools/train/README.md`). Phase 1: ordinary causal attention, documents of 24-200 tokens,
 batch 32, until short-context pass keys are learned. {phase2_text}
-{phase_note}
+{phase_note}{history}
 
 Why the memory is in the loop: Q-LLM is training-free for large models, which tolerate
 seeing the far past through retrieved blocks at one fixed distance. A 2M-parameter model
@@ -91,7 +91,7 @@ context memory, and keeps every position it sees within the window it was traine
 
 | | |
 |---|---|
-| checkpoint | step {step} (phase 1: {p1_steps} steps, phase 2: {p2_steps} steps){averaged} |
+| checkpoint | step {step} ({steps_text}){averaged} |
 | training time | {train_hours:.2f} h of compute ({device}) |
 | last logged loss | {last_loss} (LM {last_lm}, answer {last_ans}) at step {last_step} |
 | quick eval at that step | pass key ~200 tokens (full attention) {pk_short}; all tasks ~200 tokens {all_short}; pass key ~600 tokens (qllm) {pk_long} |
@@ -186,6 +186,9 @@ def main(argv=None):
                     help="eval.py --json outputs to quote in the model card")
     ap.add_argument("--accuracy-md", action="append", default=[],
                     help="Markdown fragments (e.g. the engine's measured accuracy) for the card")
+    ap.add_argument("--history-md",
+                    help="Markdown of the training stages (runs, mixes, learning rates) for the "
+                    "card's Training section, when the checkpoint went through several runs")
     args = ap.parse_args(argv)
     ckpt = args.ckpt or (train.list_ckpts(args.run) or [None])[-1]
     if not ckpt:
@@ -294,12 +297,19 @@ def main(argv=None):
     if st.get("averaged_from"):
         averaged = ("; the weights are the mean of the checkpoints of steps "
                     + ", ".join(str(x) for x in st["averaged_from"]) + " (tools/train/average.py)")
-    card = CARD.format(phase2_text=phase2_text, averaged=averaged,
+    history = ""
+    steps_text = f"phase 1: {p1_end} steps, phase 2: {st['step'] - p1_end} steps"
+    if args.history_md:
+        with open(args.history_md) as f:
+            history = "\n" + f.read().strip() + "\n"
+        steps_text = "the stages above"
+    card = CARD.format(phase2_text=phase2_text, averaged=averaged, history=history,
+        steps_text=steps_text,
         name=args.name, params=params, params_m=params / 1e6, weights_bytes=nbytes,
         bpe_vocab=mc["vocab_size"] - len(corpus.SPECIAL_TOKENS),
         n_special=len(corpus.SPECIAL_TOKENS), template=corpus.TEMPLATE + "{answer}" + corpus.EOT,
         seed=st.get("seed", "?"), device=run_json.get("device", "cpu"), step=st["step"],
-        p1_steps=p1_end, p2_steps=st["step"] - p1_end, train_hours=st["train_seconds"] / 3600,
+        train_hours=st["train_seconds"] / 3600,
         last_loss=last.get("loss", "?"), last_lm=last.get("lm_loss", "?"),
         last_ans=last.get("ans_loss", "?"), last_step=last.get("step", "?"),
         pk_short=last_eval.get("pk_short", "?"), all_short=last_eval.get("all_short", "?"),

@@ -477,12 +477,23 @@ def _question_vector(qg, score, qspans, rk, e):
 
 # ----------------------------------------------------------------------------- data
 
-def make_batch(tok, rng, n, doc_lo, doc_hi, task=None, depth=None, mix=corpus.DEFAULT_MIX):
-    """n examples with document lengths near one length L ~ U(doc_lo, doc_hi) (less padding)."""
+def make_batch(tok, rng, n, doc_lo, doc_hi, task=None, depth=None, mix=corpus.DEFAULT_MIX,
+               edge_frac=0.0):
+    """n examples with document lengths near one length L ~ U(doc_lo, doc_hi) (less padding).
+    edge_frac: share of the pass-key examples whose needle is put at depth 0 or 1 (the first or
+    last sentence; a uniform depth lands there in ~3% of examples, the needle benchmark asks
+    for depth 0 and 100% in 40% of its cells)."""
     L = rng.randint(doc_lo, doc_hi)
     lo = max(doc_lo, int(L * 0.8))
-    return [corpus.make_example(rng, tok, rng.randint(lo, L), task=task, depth=depth, mix=mix)
-            for _ in range(n)]
+    out = []
+    for _ in range(n):
+        t, d = task, depth
+        if edge_frac > 0 and t is None and d is None:
+            t = corpus.pick_task(rng, mix)
+            if t == "passkey" and rng.random() < edge_frac:
+                d = float(rng.random() < 0.5)
+        out.append(corpus.make_example(rng, tok, rng.randint(lo, L), task=t, depth=d, mix=mix))
+    return out
 
 
 def collate(exs, pad_id, device):
@@ -512,8 +523,10 @@ def phase_batch(tok, step, args, phase, stage_a=False):
         return make_batch(tok, rng, args.batch, 24, 200, mix=mix), None
     mix = corpus.parse_mix(args.mix)
     if rng.random() < 0.2:
-        return make_batch(tok, rng, args.batch2, 32, 256, mix=mix), args.memory
-    return make_batch(tok, rng, args.batch2, args.doc2_min, args.doc2_max, mix=mix), args.memory
+        return make_batch(tok, rng, args.batch2, 32, 256, mix=mix,
+                          edge_frac=args.edge_frac), args.memory
+    return make_batch(tok, rng, args.batch2, args.doc2_min, args.doc2_max, mix=mix,
+                      edge_frac=args.edge_frac), args.memory
 
 
 def compute_loss(model, batch, memory, lm_weight=1.0, ans_weight=1.0, vis=None, ret=None):
@@ -652,6 +665,8 @@ def main(argv=None):
     ap.add_argument("--doc2-min", type=int, default=300,
                     help="phase 2 document tokens (80%% of batches; the rest 32-256): from ...")
     ap.add_argument("--doc2-max", type=int, default=950, help="... to")
+    ap.add_argument("--edge-frac", type=float, default=0.0,
+                    help="phase 2: share of pass-key needles put at depth 0 or 1 (else uniform)")
     ap.add_argument("--hidden", type=int, default=DEFAULT_MODEL["hidden_size"])
     ap.add_argument("--inter", type=int, default=DEFAULT_MODEL["intermediate_size"])
     ap.add_argument("--layers", type=int, default=DEFAULT_MODEL["num_hidden_layers"])
